@@ -1,0 +1,114 @@
+"""Loading text encoders from a hub id or a local directory — safely.
+
+Scanned models are untrusted: weights come from `.safetensors` only. A directory that holds only
+pickled weights (`pytorch_model.bin`, `*.pt`, …) is refused, because unpickling can run code.
+Every failure is one line that names what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoTokenizer
+
+from core.encoders import TextEncoder, family_of
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelLoadError(ValueError):
+    """A model directory or hub id that cannot be loaded; the message says how to fix it."""
+
+
+def is_hub_id(name_or_path: str) -> bool:
+    """`org/name` that is not an existing local path is taken to be a Hugging Face hub id."""
+    s = str(name_or_path)
+    return (
+        not os.path.exists(s)
+        and s.count("/") == 1
+        and not s.startswith((".", "/", "~"))
+        and all(part.strip() for part in s.split("/"))
+    )
+
+
+def check_model_dir(path: Path) -> None:
+    """Refuse a local directory that is missing, not an HF model, pickled-only, or has corrupt weights."""
+    if not path.exists():
+        raise ModelLoadError(
+            f"model directory '{path}' does not exist; pass an existing HF model directory or a hub id like org/name"
+        )
+    if not path.is_dir():
+        raise ModelLoadError(f"'{path}' is a file, not a model directory; pass the directory that holds config.json")
+    if not (path / "config.json").exists():
+        raise ModelLoadError(
+            f"'{path}' has no config.json, so it is not a Hugging Face model directory; save the model with save_pretrained"
+        )
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise ModelLoadError(
+                f"refusing to load pickled weights ({', '.join(pickled)}) from '{path}': scanned models are untrusted "
+                "and unpickling can run code; convert them to model.safetensors in a sandbox "
+                "(save_pretrained(dir, safe_serialization=True))"
+            )
+        raise ModelLoadError(f"no model.safetensors in '{path}'; save the model with save_pretrained(dir)")
+    for f in weights:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise ModelLoadError(
+                f"corrupt or unreadable safetensors file '{f}' ({type(exc).__name__}: {exc}); re-save or re-download the model"
+            ) from None
+
+
+def load_encoder(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TextEncoder:
+    """Load the text encoder (with its projection head) and tokenizer of a CLIP, LongCLIP or SigLIP model.
+
+    `name_or_path` is a local HF directory or a hub id (a full two-tower checkpoint such as
+    `openai/clip-vit-large-patch14` works too: only its text half is loaded).
+    """
+    source = str(name_or_path)
+    if not is_hub_id(source):
+        check_model_dir(Path(source).expanduser())
+        source = str(Path(source).expanduser())
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:
+        where = "from the Hugging Face hub (offline or unknown id?)" if is_hub_id(source) else f"in '{source}'"
+        raise ModelLoadError(
+            f"cannot read the model config {where}: {type(exc).__name__}: {_first_line(exc)}; "
+            "pass a local model directory or check the id"
+        ) from None
+    try:
+        family = family_of(config)
+    except ValueError as exc:
+        raise ModelLoadError(f"{exc} ('{source}')") from None
+    try:
+        model = family.model_class.from_pretrained(source, use_safetensors=True, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load the {family.name} text encoder from '{source}': {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    model.eval().requires_grad_(False)
+    return TextEncoder(model, tokenizer, family).to(device)
+
+
+def read_config_dict(path: str | os.PathLike) -> dict:
+    """The raw config.json of a local model directory (for compatibility checks before loading)."""
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,81 @@
+"""What made a result: code version, package versions, hardware — recorded with every artefact."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "hydra-core", "submitit", "numpy", "pandas")
+
+
+def config_hash(obj, length: int = 16) -> str:
+    """A stable hash of a JSON-able config (key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def source_hash(*relative_paths: str) -> str:
+    """Hash of the source files that determine an artefact, so a code change invalidates its cache."""
+    digest = hashlib.sha256()
+    for rel in sorted(relative_paths):
+        for path in sorted((REPO_ROOT / rel).rglob("*")) if (REPO_ROOT / rel).is_dir() else [REPO_ROOT / rel]:
+            if path.suffix in (".py", ".yaml", ".json", ".txt") and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(REPO_ROOT)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The git commit (and whether the tree had uncommitted changes), when run from a checkout."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        if sha.returncode == 0:
+            dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+            return {"git_commit": sha.stdout.strip(), "git_dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"git_commit": None, "git_dirty": None}
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def provenance() -> dict:
+    """Everything needed to say which code on which machine produced an artefact."""
+    return {"code": code_version(), "packages": package_versions(), "hardware": hardware()}

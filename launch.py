@@ -1,0 +1,38 @@
+"""amdet-bench entry point: `python launch.py job=<name> [overrides]` (Hydra).
+
+Each job is one function `run(cfg) -> dict` in the package that owns its concept; this file only
+composes the config and dispatches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+JOBS = {
+    "bases": "core.jobs:build_bases",
+}
+
+log = logging.getLogger("amdet")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> dict | None:
+    name = cfg.job.name
+    if name not in JOBS:
+        log.error("unknown job '%s'; choose one of: %s (job=<name>)", name, ", ".join(JOBS))
+        sys.exit(2)
+    module, func = JOBS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), func)(cfg)
+    except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

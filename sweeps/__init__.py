@@ -1,0 +1,1 @@
+"""Sweeps: experiments as grids of cells; plan, resume, launch locally or on Slurm."""
