@@ -18,9 +18,10 @@ def micro_arch(family: str = "clip", **overrides) -> TinyArch:
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    """Never read or write the user's cache of built bases."""
-    monkeypatch.setenv("AMDET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def isolated_cache(request, tmp_path_factory, monkeypatch):
+    """Unit tests never read or write the user's cache; slow tests use it (they need the real bases)."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("AMDET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(params=FAMILIES)
