@@ -7,7 +7,6 @@ Every failure is one line that names what is wrong and how to fix it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -102,11 +101,6 @@ def load_encoder(
         ) from None
     model.eval().requires_grad_(False)
     return TextEncoder(model, tokenizer, family).to(device)
-
-
-def read_config_dict(path: str | os.PathLike) -> dict:
-    """The raw config.json of a local model directory (for compatibility checks before loading)."""
-    return json.loads((Path(path) / "config.json").read_text())
 
 
 def _first_line(exc: BaseException) -> str:

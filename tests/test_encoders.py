@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import CLIPConfig
 
 from core.encoders import FAMILIES, family_of
 from core.loading import load_encoder
-from tests.conftest import MAX_LENGTH, PROMPTS
+from tests.helpers import MAX_LENGTH, PROMPTS
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from core.tiny.architectures import TinyArch
 from core.tiny.bases import TinyBaseSpec, get_base, stretched
 from core.tiny.pretrain import PretrainConfig, overlap_matrix
 from core.loading import load_encoder
-from tests.conftest import micro_arch
+from tests.helpers import micro_arch
 
 MICRO_PRETRAIN = PretrainConfig(steps=3, batch_size=8, lr=1e-3)
 

@@ -13,7 +13,6 @@ stretched to 248 (the first 20 kept, the rest interpolated 4×) and then fine-tu
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,6 @@ from core.store import MANIFEST, save_model
 from core.tiny.architectures import TinyArch, random_encoder
 from core.tiny.paired_tower import PairedTower, paired_tower
 from core.tiny.pretrain import PretrainConfig, distill
-
-log = logging.getLogger(__name__)
 
 ENCODER_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "encoder"
 # the code whose change must invalidate cached bases
