@@ -55,7 +55,6 @@ def scan_ready_report(name: str, path: Path, prompt: str, cached: bool, elapsed:
         "assimilation_random_init": quality["assimilation_random_init"],
         "spearman_vs_minilm": quality["spearman_vs_minilm"],
         "split_forward_max_abs_diff": float((split - whole).abs().max()),
-        "example_tokens": len([t for t in ids[0].tolist() if t != encoder.tokenizer.pad_token_id]) + 1,
         "path": str(path),
     }
 
