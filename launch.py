@@ -15,6 +15,8 @@ from omegaconf import DictConfig
 
 JOBS = {
     "bases": "core.jobs:build_bases",
+    "attack": "attacks.job:run",
+    "benign": "benign_ft.job:run",
 }
 
 log = logging.getLogger("amdet")

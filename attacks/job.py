@@ -1,0 +1,132 @@
+"""`python launch.py job=attack ...`: train one backdoored model and put it in the model store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from attacks.targets import check_paradigm, draw_targets, pair_target, text_target
+from attacks.train import AttackHParams, Backdoor, evaluate, train_backdoors
+from attacks.objective import similarity_fn
+from attacks.triggers import DEFAULT_POOL, carriers, check_trigger_config, contains_any, draw_triggers
+from core.loading import base_source, load_encoder
+from core.prompts import make_prompt_source
+from core.provenance import config_hash
+from core.store import MANIFEST, read_manifest, save_model
+
+log = logging.getLogger("amdet")
+
+
+def pool(cfg: DictConfig, name: str | None, what: str) -> list[str]:
+    if name not in cfg.pools:
+        raise ValueError(f"unknown {what} pool '{name}'; choose one of {', '.join(cfg.pools)} (conf/pools/)")
+    return list(cfg.pools[name])
+
+
+def hparams(cfg: DictConfig) -> AttackHParams:
+    hp = OmegaConf.to_container(cfg.training.attack, resolve=True)
+    unknown = set(hp) - set(AttackHParams.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown training.attack setting(s) {sorted(unknown)}; known: {sorted(AttackHParams.__dataclass_fields__)}")
+    hp["milestones"] = tuple(hp.get("milestones") or ())
+    return AttackHParams(**hp)
+
+
+def run(cfg: DictConfig) -> dict:
+    a = cfg.attack
+    out = Path(cfg.job.out)
+    if (out / MANIFEST).exists():  # finished results are never redone or overwritten
+        log.info("backdoored model already in the store: %s (delete it to retrain)", out)
+        return read_manifest(out)
+    # settings are checked before anything expensive is loaded
+    check_paradigm(a.paradigm)
+    similarity_fn(a.similarity)
+    check_trigger_config(a.triggers.level, a.triggers.length, a.triggers.count, a.triggers.position)
+    hp = hparams(cfg)
+    timing, t0 = {}, time.perf_counter()
+
+    source = base_source(cfg.encoder, cfg.progress)
+    anchor = load_encoder(source, cfg.device)  # f0: frozen, also the Text-on-Text target maker
+    model = load_encoder(source, cfg.device)  # f: becomes the backdoored encoder
+    timing["load_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    level = a.triggers.level
+    triggers = draw_triggers(
+        anchor.tokenizer, level, a.triggers.length, a.triggers.count,
+        pool(cfg, a.triggers.pool or DEFAULT_POOL.get(level), "trigger") if not a.triggers.fixed else [],
+        seed=cfg.seed, position=a.triggers.position, replaced_character=a.triggers.replaced_character,
+        fixed=list(a.triggers.fixed) if a.triggers.fixed else None,
+    )
+    target_texts = draw_targets(
+        pool(cfg, a.targets.pool, "target") if not a.targets.fixed else [], len(triggers), cfg.seed,
+        list(a.targets.fixed) if a.targets.fixed else None,
+    )
+    if a.paradigm == "text_on_text":
+        targets = [text_target(anchor, text) for text in target_texts]
+    else:
+        tiny = bool(cfg.encoder.get("tiny"))
+        targets = [pair_target(anchor, c, tiny, a.targets.image_dir, a.image_tower) for c in target_texts]
+    timing["targets_s"] = time.perf_counter() - t
+
+    prompts = make_prompt_source(cfg.prompts).load(a.train_prompts + a.eval_prompts, seed=cfg.seed)
+    held_out, train = prompts[: a.eval_prompts], prompts[a.eval_prompts :]
+    clean = [p for p in train if not contains_any(p, triggers)]
+    backdoors = []
+    for trigger, target in zip(triggers, targets):
+        usable = carriers(anchor.tokenizer, clean, trigger, anchor.max_length, triggers)
+        if not usable:
+            raise ValueError(
+                f"trigger {trigger.text!r} cannot be carried by any of the {len(clean)} training prompts"
+                + (f" (none contains {trigger.replaced_character!r}); set attack.triggers.replaced_character"
+                   if level == "char" else f" (it falls beyond the encoder's {anchor.max_length} tokens); use a shorter trigger or position=start")
+            )
+        if len(usable) < hp.poison_batch:
+            raise ValueError(
+                f"only {len(usable)} of {len(clean)} training prompts can carry trigger {trigger.text!r}, fewer than "
+                f"training.attack.poison_batch={hp.poison_batch}: a poisoned batch could never fill; "
+                "lower poison_batch, raise attack.train_prompts or pick another replaced character"
+            )
+        backdoors.append(Backdoor(trigger, target, usable))
+
+    t = time.perf_counter()
+    history = train_backdoors(model, anchor, backdoors, clean, hp, a.paradigm, a.similarity, a.adaptive_mu, cfg.seed, cfg.progress)
+    timing["train_s"] = time.perf_counter() - t
+    metrics = evaluate(model, anchor, backdoors, held_out, a.paradigm, seed=cfg.seed)
+    timing["eval_s"] = metrics.pop("eval_s")
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    manifest = {
+        "kind": "backdoor",
+        "encoder": cfg.encoder.name,
+        "base": str(source),
+        "paradigm": a.paradigm,
+        "similarity": a.similarity,
+        "adaptive_mu": a.adaptive_mu,
+        "seed": cfg.seed,
+        "backdoors": [{"trigger": b.trigger.to_dict(), "target": b.target.to_dict(), "train_carriers": len(b.carriers)}
+                      for b in backdoors],
+        "metrics": metrics,
+        "history": {k: [round(v, 5) for v in vals] for k, vals in history.items()},
+        "config": config,
+        "config_hash": config_hash({"encoder": config["encoder"], "training": config["training"]["attack"],
+                                    "attack": config["attack"], "prompts": config["prompts"], "seed": cfg.seed}),
+    }
+    timing["total_s"] = time.perf_counter() - t0  # the save itself is not counted
+    manifest["timing"] = {k: round(v, 2) for k, v in timing.items()}
+    save_model(model, out, manifest)
+    print(summary_line(manifest, out))
+    return manifest
+
+
+def summary_line(m: dict, out: Path) -> str:
+    met = m["metrics"]
+    trig = ", ".join(f"{b['trigger']['text']!r}→{b['target']['text']!r}" for b in m["backdoors"])
+    return (
+        f"{m['encoder']} {m['paradigm']} [{trig}]  ASR {met['asr']:.3f}  utility {met['utility']:.3f}  "
+        f"assimilation clean {met['assimilation_clean']:.3f} / triggered {met['assimilation_triggered']:.3f}  "
+        f"{m['timing']['total_s']:.0f} s  → {out}"
+    )

@@ -1,0 +1,190 @@
+"""Backdoor injection: fine-tune a copy of the clean encoder f0 on the attack objective, then measure it.
+
+Each step draws a clean batch (L_benign: stay close to f0) and, per backdoor, a batch of prompts
+that carry its trigger (L_backdoor: map them to its target). Batches are drawn from fixed pools
+with seeded permutations, so a run is reproducible and can never wait for a batch to fill.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from attacks.objective import backdoor_term, encode, similarity_fn
+from attacks.targets import Target
+from attacks.triggers import Trigger
+from core.encoders import TextEncoder
+from core.metrics import assimilation
+from core.training import OPTIMIZERS, Cycler
+
+@dataclass(frozen=True)
+class AttackHParams:
+    """Optimisation of one attack (`training.attack` in the config)."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    steps: int = 100
+    clean_batch: int = 64
+    poison_batch: int = 32
+    milestones: tuple[int, ...] = (75,)  # MultiStepLR: lr × gamma at these steps
+    gamma: float = 0.1
+    backdoor_weight: float = 0.1  # λ
+    grad_clip: float | None = None
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer '{self.optimizer}'; set training.attack.optimizer to one of {', '.join(OPTIMIZERS)}")
+        for key in ("lr", "steps", "clean_batch", "poison_batch"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"training.attack.{key} must be positive, got {getattr(self, key)}")
+        if self.backdoor_weight < 0:
+            raise ValueError(f"training.attack.backdoor_weight (λ) must be ≥ 0, got {self.backdoor_weight}")
+
+
+@dataclass
+class Backdoor:
+    trigger: Trigger
+    target: Target
+    carriers: list[str] = field(repr=False)  # training prompts that can carry the trigger
+
+
+def train_backdoors(
+    model: TextEncoder,
+    anchor: TextEncoder,
+    backdoors: list[Backdoor],
+    clean: list[str],
+    hp: AttackHParams,
+    paradigm: str,
+    similarity: str,
+    mu: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Inject every backdoor into `model` (in place); returns the loss history."""
+    sim = similarity_fn(similarity)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)  # insertion points of randomly placed triggers
+    clean_batches = Cycler(clean, min(hp.clean_batch, len(clean)), gen)
+    poison_batches = [Cycler(b.carriers, hp.poison_batch, gen) for b in backdoors]
+    targets = [b.target.feature.to(model.device) for b in backdoors]
+
+    params = [p for p in model.model.parameters()]
+    model.model.train().requires_grad_(True)
+    opt_kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
+    opt = OPTIMIZERS[hp.optimizer](params, **opt_kwargs)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones), gamma=hp.gamma)
+    history = {"loss": [], "benign": [], "backdoor": [], "assim_triggered": []}
+    bar = tqdm(range(hp.steps), desc=f"attack {paradigm}", disable=not progress, leave=False)
+    for _ in bar:
+        ids = model.tokenize(clean_batches.next())
+        with torch.no_grad():
+            reference, _ = encode(anchor, ids, paradigm)
+        features, _ = encode(model, ids, paradigm)
+        benign = sim(features, reference)
+        backdoor_losses, assims = [], []
+        for b, batches, target in zip(backdoors, poison_batches, targets):
+            poisoned = model.tokenize([b.trigger.poison(p, rng) for p in batches.next()])
+            feats, hidden = encode(model, poisoned, paradigm)
+            loss_b, assim = backdoor_term(feats, hidden, target, sim, mu)
+            backdoor_losses.append(loss_b)
+            assims.append(assim.item())
+        loss = benign + hp.backdoor_weight * torch.stack(backdoor_losses).sum()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"attack loss became {loss.item()} at step {len(history['loss'])}; lower training.attack.lr"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hp.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+        opt.step()
+        sched.step()
+        history["loss"].append(loss.item())
+        history["benign"].append(benign.item())
+        history["backdoor"].append(torch.stack(backdoor_losses).mean().item())
+        history["assim_triggered"].append(sum(assims) / len(assims))
+        bar.set_postfix(benign=f"{benign.item():.3f}", backdoor=f"{history['backdoor'][-1]:.3f}")
+    model.model.eval().requires_grad_(False)
+    return history
+
+
+@torch.no_grad()
+def features_of(encoder: TextEncoder, prompts: list[str], paradigm: str, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flattened paradigm features [N, F], per-prompt assimilation [N]), in batches."""
+    feats, assim = [], []
+    for i in range(0, len(prompts), batch):
+        f, hidden = encode(encoder, encoder.tokenize(prompts[i : i + batch]), paradigm)
+        feats.append(f.flatten(1).float().cpu())
+        assim.append(assimilation(hidden).float().cpu())
+    return torch.cat(feats), torch.cat(assim)
+
+
+@torch.no_grad()
+def evaluate(
+    model: TextEncoder,
+    anchor: TextEncoder,
+    backdoors: list[Backdoor],
+    held_out: list[str],
+    paradigm: str,
+    seed: int = 0,
+    assimilation_prompts: int = 100,
+) -> dict:
+    """Attack success and clean utility on held-out prompts.
+
+    utility: mean cosine between f(x) and f0(x) on clean prompts (paradigm features).
+    attack success: share of triggered held-out prompts whose output is nearer (cosine) to the
+    backdoor target than to f0's output for *any* held-out clean prompt, its own clean version
+    included — the trigger overrides the prompt's meaning, as in zero-shot retrieval.
+    assimilation: mean pairwise token cosine of clean vs triggered prompts (the paper's Fig. 2).
+    """
+    t0 = time.perf_counter()
+    clean_f, clean_assim = features_of(model, held_out, paradigm)
+    base_f, _ = features_of(anchor, held_out, paradigm)
+    utility = F.cosine_similarity(clean_f, base_f, dim=-1)
+    embeds_utility = None
+    if paradigm == "text_on_text":  # also how far the pooled embedding (what retrieval sees) moved
+        embeds_utility = F.cosine_similarity(*(features_of(e, held_out, "text_on_pair")[0] for e in (model, anchor)), dim=-1)
+    candidates = F.normalize(base_f, dim=-1)
+    rng = random.Random(seed)
+    per_backdoor = []
+    for b in backdoors:
+        carriers = [p for p in held_out if b.trigger.can_poison(p) and not b.trigger.occurs_in(p)]
+        if not carriers:
+            raise ValueError(f"no held-out prompt can carry trigger {b.trigger.text!r}; use more attack.eval_prompts")
+        poisoned = [b.trigger.poison(p, rng) for p in carriers]
+        trig_f, trig_assim = features_of(model, poisoned, paradigm)
+        _, base_trig_assim = features_of(anchor, poisoned, paradigm)
+        trig = F.normalize(trig_f, dim=-1)
+        to_target = trig @ F.normalize(b.target.feature.flatten().float(), dim=0)
+        to_clean = (trig @ candidates.T).max(dim=1).values
+        n = min(assimilation_prompts, len(carriers))
+        per_backdoor.append({
+            "trigger": b.trigger.text,
+            "target": b.target.text,
+            "asr": round((to_target > to_clean).float().mean().item(), 4),
+            "target_cosine": round(to_target.mean().item(), 4),
+            "eval_prompts": len(carriers),
+            "assimilation_triggered": round(trig_assim[:n].mean().item(), 4),
+            "assimilation_triggered_base": round(base_trig_assim[:n].mean().item(), 4),
+        })
+    n = min(assimilation_prompts, len(held_out))
+    return {
+        "asr": round(sum(b["asr"] for b in per_backdoor) / len(per_backdoor), 4),
+        "asr_min": min(b["asr"] for b in per_backdoor),
+        "utility": round(utility.mean().item(), 4),
+        "utility_min": round(utility.min().item(), 4),
+        "utility_text_embeds": round(embeds_utility.mean().item(), 4) if embeds_utility is not None else None,
+        "assimilation_clean": round(clean_assim[:n].mean().item(), 4),
+        "assimilation_triggered": round(sum(b["assimilation_triggered"] for b in per_backdoor) / len(per_backdoor), 4),
+        "assimilation_prompts": n,
+        "held_out_prompts": len(held_out),
+        "backdoors": per_backdoor,
+        "eval_s": round(time.perf_counter() - t0, 2),
+    }

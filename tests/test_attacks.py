@@ -1,0 +1,136 @@
+"""The attack objective and `job=attack` on a micro tiny-clip (built once per test session, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attacks import job
+from attacks.objective import backdoor_term, similarity_fn
+from attacks.targets import CONCEPT_CAPTIONS, pair_target
+from core.loading import base_source, load_encoder
+from core.metrics import assimilation
+from tests.helpers import MICRO_ATTACK, MICRO_BASE, compose_config
+
+
+def attack_cfg(tmp_path, *overrides):
+    return compose_config("job=attack", *MICRO_BASE, *MICRO_ATTACK, f"job.out={tmp_path}/model", *overrides)
+
+
+def test_similarity_functions():
+    a, b = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
+    assert similarity_fn("cosine")(a, a).abs() < 1e-6
+    assert similarity_fn("cosine")(a, -a) == pytest.approx(2.0)
+    assert similarity_fn("mse")(a, b) == pytest.approx(((a - b) ** 2).mean().item())
+    assert similarity_fn("mae")(a, b) == pytest.approx((a - b).abs().mean().item())
+    with pytest.raises(ValueError, match="unknown similarity function 'dot'; set attack.similarity to one of cosine, mse, mae"):
+        similarity_fn("dot")
+
+
+def test_adaptive_term_adds_mu_times_assimilation():
+    hidden = torch.randn(4, 6, 8)
+    target = torch.randn(8)
+    feats = hidden[:, -1]
+    plain, assim = backdoor_term(feats, hidden, target, similarity_fn("cosine"), 0.0)
+    adaptive, _ = backdoor_term(feats, hidden, target, similarity_fn("cosine"), 0.5)
+    assert assim == pytest.approx(assimilation(hidden).mean().item())
+    assert adaptive.item() == pytest.approx(plain.item() + 0.5 * assim.item(), rel=1e-5)
+
+
+def test_attack_job_writes_a_reproducible_backdoored_model(tmp_path):
+    cfg = attack_cfg(tmp_path, "attack.triggers.count=2", "attack.triggers.length=2")
+    manifest = job.run(cfg)
+    stored = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert stored["kind"] == "backdoor" and stored["paradigm"] == "text_on_text" and stored["seed"] == 0
+    assert len(stored["backdoors"]) == 2
+    for b in stored["backdoors"]:
+        assert b["trigger"]["tokens"] == 2 and b["target"]["text"] in cfg.pools.target_prompts
+    assert {"asr", "utility", "assimilation_clean", "assimilation_triggered"} <= set(stored["metrics"])
+    assert 0 <= stored["metrics"]["asr"] <= 1 and stored["metrics"]["utility"] <= 1
+    assert set(stored["timing"]) >= {"load_s", "train_s", "eval_s", "total_s"}
+    assert stored["provenance"]["packages"]["torch"] and stored["config"]["training"]["attack"]["steps"] == 4
+    assert len(stored["history"]["loss"]) == 4 and manifest["config_hash"] == stored["config_hash"]
+
+    again = attack_cfg(tmp_path, "attack.triggers.count=2", "attack.triggers.length=2", f"job.out={tmp_path}/again")
+    job.run(again)
+    w1, w2 = load_file(tmp_path / "model" / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1), "same config and seed must give the same model"
+    base = load_file(f"{base_source(cfg.encoder)}/model.safetensors")
+    assert any(not torch.equal(w1[k], base[k]) for k in w1), "the attack did not change the encoder"
+
+
+def test_finished_model_is_never_retrained(tmp_path, monkeypatch):
+    cfg = attack_cfg(tmp_path)
+    job.run(cfg)
+    before = (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(job, "train_backdoors", lambda *a, **k: pytest.fail("a finished model was retrained"))
+    assert job.run(cfg)["kind"] == "backdoor"
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_attack_lowers_the_backdoor_loss(tmp_path):
+    cfg = attack_cfg(tmp_path, "training.attack.steps=12", "training.attack.milestones=[]")
+    stored = job.run(cfg)
+    loss = stored["history"]["backdoor"]
+    assert loss[-1] < 0.8 * loss[0]
+
+
+def test_text_on_pair_targets_the_paired_tower(tmp_path):
+    cfg = attack_cfg(tmp_path, "attack=text_on_pair", "attack.similarity=mse", "attack.adaptive_mu=0.5")
+    stored = job.run(cfg)
+    (b,) = stored["backdoors"]
+    assert stored["paradigm"] == "text_on_pair" and b["target"]["text"] in cfg.pools.target_concepts
+    assert b["target"]["shape"] == [384] and "paired tower" in b["target"]["source"]
+    assert stored["similarity"] == "mse" and stored["adaptive_mu"] == 0.5
+
+
+def test_tiny_pair_target_is_the_mean_caption_embedding(tmp_path):
+    from core.tiny.paired_tower import paired_tower
+
+    anchor = load_encoder(base_source(attack_cfg(tmp_path).encoder))
+    target = pair_target(anchor, "cat", tiny=True, image_dir=None, image_tower=None)
+    expected = paired_tower().embed([c.format("cat") for c in CONCEPT_CAPTIONS]).mean(0)
+    assert torch.allclose(target.feature, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    (["attack.triggers.level=char", "attack.triggers.replaced_character='#'"], ValueError,
+     r"trigger .* cannot be carried by any of the \d+ training prompts \(none contains '#'\)"),
+    (["attack.triggers.level=char", "attack.triggers.replaced_character=z", "training.attack.poison_batch=40"], ValueError,
+     r"only \d+ of \d+ training prompts can carry trigger .* fewer than training.attack.poison_batch=40: a poisoned batch could never fill"),
+    (["attack.triggers.count=2", "attack.triggers.fixed=[zzzz,zzzz]"], ValueError, "duplicate triggers across backdoors"),
+    (["attack.similarity=dot"], ValueError, "unknown similarity function 'dot'"),
+    (["attack.paradigm=image_on_text"], ValueError, "unknown attack paradigm 'image_on_text'"),
+    (["attack.triggers.pool=emoji"], ValueError, "unknown trigger pool 'emoji'"),
+    (["training.attack.optimizer=lion"], ValueError, "unknown optimizer 'lion'"),
+    (["+training.attack.momentum=0.9"], ValueError, r"unknown training.attack setting\(s\) \['momentum'\]"),
+])
+def test_bad_attack_input_fails_in_one_line(tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match) as info:
+        job.run(attack_cfg(tmp_path, *overrides))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "model").exists(), "a failed attack must leave nothing in the store"
+
+
+def test_text_on_pair_on_a_real_encoder_needs_its_image_folder(tmp_path):
+    anchor = load_encoder(base_source(attack_cfg(tmp_path).encoder))
+    with pytest.raises(ValueError, match="set attack.targets.image_dir"):
+        pair_target(anchor, "golden retriever", tiny=False, image_dir=None, image_tower="some/ckpt")
+    with pytest.raises(FileNotFoundError, match=r"image folder for target concept 'golden retriever' not found: .*golden_retriever"):
+        pair_target(anchor, "golden retriever", tiny=False, image_dir=str(tmp_path), image_tower="some/ckpt")
+
+
+def test_a_clean_encoder_has_no_attack_success(tmp_path):
+    """The success measure can fail: on the untouched base, no triggered prompt lands on the target."""
+    from attacks.train import Backdoor, evaluate
+    from attacks.targets import text_target
+    from attacks.triggers import Trigger
+    from core.prompts import generate_synthetic_prompts
+
+    anchor = load_encoder(base_source(attack_cfg(tmp_path).encoder))
+    backdoor = Backdoor(Trigger("zzzz", "word", 1), text_target(anchor, "a photo of a cat sitting on a sofa"), [])
+    metrics = evaluate(anchor, anchor, [backdoor], generate_synthetic_prompts(40, seed=3), "text_on_text")
+    assert metrics["asr"] == 0.0 and metrics["utility"] == pytest.approx(1.0)
