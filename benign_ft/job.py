@@ -1,0 +1,131 @@
+"""`python launch.py job=benign ...`: benign fine-tuned models for the model store.
+
+Two modes:
+- checkpoints (the paper's): one fine-tuning run; every `checkpoint_every` steps the encoder is
+  saved as a benign model, `benign.models` of them. Checkpoints of one run are correlated; each
+  manifest records its run id and step so the analysis can tell them apart.
+- independent (cheap): one model per job, its own seed and data order, saved after `benign.steps`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from benign_ft.pairs import PairSet, coco_pair_set, tiny_pairs
+from benign_ft.train import BenignHParams, finetune
+from core.encoders import TextEncoder
+from core.loading import base_source, load_encoder
+from core.metrics import assimilation
+from core.prompts import make_prompt_source
+from core.provenance import config_hash
+from core.store import MANIFEST, read_manifest, save_model
+
+log = logging.getLogger("amdet")
+MODES = ("checkpoints", "independent")
+
+
+def hparams(cfg: DictConfig) -> BenignHParams:
+    hp = OmegaConf.to_container(cfg.training.benign, resolve=True)
+    unknown = set(hp) - set(BenignHParams.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown training.benign setting(s) {sorted(unknown)}; known: {sorted(BenignHParams.__dataclass_fields__)}")
+    return BenignHParams(**hp)
+
+
+def planned(cfg: DictConfig) -> dict[int, Path]:
+    """Step → model directory of every benign model this job writes."""
+    b, out = cfg.benign, Path(cfg.job.out)
+    if b.mode not in MODES:
+        raise ValueError(f"unknown benign.mode '{b.mode}'; choose one of {', '.join(MODES)}")
+    if b.mode == "independent":
+        if b.steps <= 0:
+            raise ValueError(f"benign.steps must be positive, got {b.steps}")
+        return {int(b.steps): out}
+    if b.models <= 0 or b.checkpoint_every <= 0:
+        raise ValueError(f"benign.models and benign.checkpoint_every must be positive (got {b.models}, {b.checkpoint_every})")
+    return {k * b.checkpoint_every: out / f"step{k * b.checkpoint_every:05d}" for k in range(1, b.models + 1)}
+
+
+def pair_set(cfg: DictConfig, hp: BenignHParams, progress: bool) -> PairSet:
+    if cfg.encoder.get("tiny"):
+        captions = make_prompt_source(cfg.prompts).load(cfg.benign.train_prompts, seed=cfg.seed)
+        return tiny_pairs(captions, hp.logit_scale, hp.logit_bias if cfg.encoder.family == "siglip" else None)
+    p = cfg.benign.pairs
+    return coco_pair_set(p.annotation_file, p.image_dir, cfg.benign.image_tower, p.limit, progress)
+
+
+@torch.no_grad()
+def drift_report(model: TextEncoder, anchor: TextEncoder, prompts: list[str], batch: int = 64) -> dict:
+    """How far fine-tuning moved the encoder on held-out prompts, and its clean assimilation."""
+    hidden_cos, embeds_cos, assim = [], [], []
+    for i in range(0, len(prompts), batch):
+        ids = model.tokenize(prompts[i : i + batch])
+        h, h0 = model(ids), anchor(ids)
+        hidden_cos.append(F.cosine_similarity(h.flatten(1), h0.flatten(1), dim=-1))
+        e, e0 = model.project(model.pool(h, ids)), anchor.project(anchor.pool(h0, ids))
+        embeds_cos.append(F.cosine_similarity(e, e0, dim=-1))
+        assim.append(assimilation(h))
+    mean = lambda xs: round(torch.cat(xs).mean().item(), 4)  # noqa: E731
+    return {"cosine_to_base": mean(hidden_cos), "cosine_to_base_text_embeds": mean(embeds_cos),
+            "assimilation_clean": mean(assim), "held_out_prompts": len(prompts)}
+
+
+def run(cfg: DictConfig) -> dict:
+    b = cfg.benign
+    targets = planned(cfg)
+    todo = {step: d for step, d in targets.items() if not (d / MANIFEST).exists()}
+    if not todo:
+        log.info("all %d benign models already in the store under %s", len(targets), cfg.job.out)
+        return {"models": [str(d) for d in targets.values()], "skipped": len(targets)}
+    hp = hparams(cfg)
+    t0 = time.perf_counter()
+    source = base_source(cfg.encoder, cfg.progress)
+    anchor = load_encoder(source, cfg.device)
+    model = load_encoder(source, cfg.device)
+    pairs = pair_set(cfg, hp, cfg.progress)
+    held_out = make_prompt_source(cfg.prompts).load(b.eval_prompts, seed=10_000 + cfg.seed)
+    setup_s = time.perf_counter() - t0
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_settings = {"encoder": config["encoder"], "training": config["training"]["benign"], "benign": config["benign"],
+                    "prompts": config["prompts"], "seed": cfg.seed}
+    run_id = f"{cfg.encoder.name}-{b.mode}-{config_hash(run_settings)[:10]}"
+    written = []
+    train_start = time.perf_counter()
+
+    def save(step: int, loss: float) -> None:
+        directory = targets.get(step)
+        if directory is None or step not in todo:  # not a model this job keeps, or already stored
+            return
+        manifest = {
+            "kind": "benign",
+            "encoder": cfg.encoder.name,
+            "base": source,
+            "mode": b.mode,
+            "run_id": run_id,  # checkpoints sharing a run id are correlated
+            "step": step,
+            "seed": cfg.seed,
+            "pairs": pairs.source,
+            "loss": round(loss, 5),
+            "metrics": drift_report(model, anchor, held_out),
+            "config": config,
+            "config_hash": config_hash({**run_settings, "step": step}),
+            "timing": {"setup_s": round(setup_s, 2), "train_s": round(time.perf_counter() - train_start, 2)},
+        }
+        save_model(model, directory, manifest)
+        written.append(directory)
+        m = manifest["metrics"]
+        print(f"{cfg.encoder.name} benign step {step}: loss {loss:.3f}  cosine to base {m['cosine_to_base']:.3f} "
+              f"(text_embeds {m['cosine_to_base_text_embeds']:.3f})  assimilation {m['assimilation_clean']:.3f}  → {directory}")
+
+    every = b.checkpoint_every if b.mode == "checkpoints" else int(b.steps)
+    finetune(model, pairs, hp, max(todo), every, save, seed=cfg.seed, progress=cfg.progress)
+    return {"models": [str(d) for d in targets.values()], "written": [str(d) for d in written],
+            "run_id": run_id, "total_s": round(time.perf_counter() - t0, 2),
+            "manifests": [read_manifest(d) for d in written]}

@@ -1,0 +1,57 @@
+"""Caption ↔ image pairs for benign contrastive fine-tuning, with the frozen image side precomputed.
+
+Real encoders: a COCO-style annotation file and its image folder, embedded once by the frozen image
+tower of the same checkpoint. Tiny encoders: prompts from the configured source, each paired with
+the paired tower's embedding of it (the tiny world's "image" of a caption).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PairSet:
+    captions: list[str]
+    images: torch.Tensor  # [N, P] frozen image-side embeddings, row i pairs with captions[i]
+    logit_scale: torch.Tensor  # log temperature of the contrastive loss (frozen)
+    logit_bias: torch.Tensor | None  # SigLIP's sigmoid bias (frozen), None for CLIP
+    source: str
+
+    def __post_init__(self):
+        if len(self.captions) != len(self.images):
+            raise ValueError(f"{len(self.captions)} captions but {len(self.images)} image embeddings")
+        if not torch.isfinite(self.images).all():
+            raise ValueError(f"non-finite image embeddings from {self.source}; check the images and the image tower")
+
+
+def tiny_pairs(captions: list[str], logit_scale: float, logit_bias: float | None) -> PairSet:
+    from core.tiny.paired_tower import paired_tower
+
+    return PairSet(
+        captions, paired_tower().embed(captions), torch.tensor(float(logit_scale)),
+        None if logit_bias is None else torch.tensor(float(logit_bias)), "tiny world: paired tower (MiniLM) of each caption",
+    )
+
+
+def coco_pair_set(annotation_file: str | None, image_dir: str | None, image_tower: str | None,
+                  limit: int | None = None, progress: bool = True) -> PairSet:
+    from core.image_tower import coco_pairs, load_image_tower
+
+    if not annotation_file or not image_dir:
+        raise ValueError(
+            "benign fine-tuning of a real encoder needs image-caption pairs; set benign.pairs.annotation_file="
+            "<captions_*.json> and benign.pairs.image_dir=<its image folder>"
+        )
+    if not image_tower:
+        raise ValueError("benign fine-tuning needs the frozen image tower; set benign.image_tower=<two-tower checkpoint>")
+    pairs = coco_pairs(annotation_file, image_dir, limit)
+    tower = load_image_tower(image_tower)
+    unique = sorted({p.image for p in pairs})  # each image is embedded once, however many captions it has
+    row = {path: i for i, path in enumerate(unique)}
+    embedded = tower.embed_images(unique, progress=progress)
+    images = embedded[[row[p.image] for p in pairs]]
+    return PairSet([p.caption for p in pairs], images, tower.logit_scale, tower.logit_bias,
+                   f"{annotation_file} ({len(pairs)} captions, {len(unique)} images) through {image_tower}")
