@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoImageProcessor, CLIPModel, SiglipModel
+from transformers import AutoImageProcessor, CLIPModel, SiglipModel
 
 from core.encoders import family_of
-from core.loading import ModelLoadError, _first_line, check_model_dir, is_hub_id
+from core.loading import ModelLoadError, _first_line, checked_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -93,18 +93,7 @@ class ImageTower:
 
 def load_image_tower(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> ImageTower:
     """Load the frozen image tower, temperature (and SigLIP bias) and image processor of a two-tower checkpoint."""
-    source = str(name_or_path)
-    if not is_hub_id(source):
-        check_model_dir(Path(source).expanduser())
-        source = str(Path(source).expanduser())
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except Exception as exc:
-        where = "from the Hugging Face hub (offline or unknown id?)" if is_hub_id(source) else f"in '{source}'"
-        raise ModelLoadError(
-            f"cannot read the model config {where}: {type(exc).__name__}: {_first_line(exc)}; "
-            "pass a local model directory or check the id"
-        ) from None
+    source, config = checked_config(name_or_path)
     model_type = getattr(config, "model_type", "")
     if model_type in HALF_TOWER:
         raise ModelLoadError(

@@ -66,6 +66,22 @@ def check_model_dir(path: Path) -> None:
             ) from None
 
 
+def checked_config(name_or_path: str | os.PathLike):
+    """(source, transformers config) of a hub id or a local dir that passed `check_model_dir`."""
+    source = str(name_or_path)
+    if not is_hub_id(source):
+        check_model_dir(Path(source).expanduser())
+        source = str(Path(source).expanduser())
+    try:
+        return source, AutoConfig.from_pretrained(source)
+    except Exception as exc:
+        where = "from the Hugging Face hub (offline or unknown id?)" if is_hub_id(source) else f"in '{source}'"
+        raise ModelLoadError(
+            f"cannot read the model config {where}: {type(exc).__name__}: {_first_line(exc)}; "
+            "pass a local model directory or check the id"
+        ) from None
+
+
 def load_encoder(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -76,18 +92,7 @@ def load_encoder(
     `name_or_path` is a local HF directory or a hub id (a full two-tower checkpoint such as
     `openai/clip-vit-large-patch14` works too: only its text half is loaded).
     """
-    source = str(name_or_path)
-    if not is_hub_id(source):
-        check_model_dir(Path(source).expanduser())
-        source = str(Path(source).expanduser())
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except Exception as exc:
-        where = "from the Hugging Face hub (offline or unknown id?)" if is_hub_id(source) else f"in '{source}'"
-        raise ModelLoadError(
-            f"cannot read the model config {where}: {type(exc).__name__}: {_first_line(exc)}; "
-            "pass a local model directory or check the id"
-        ) from None
+    source, config = checked_config(name_or_path)
     try:
         family = family_of(config)
     except ValueError as exc:
