@@ -17,6 +17,7 @@ JOBS = {
     "bases": "core.jobs:build_bases",
     "attack": "attacks.job:run",
     "benign": "benign_ft.job:run",
+    "scan": "amdet.job:run",
 }
 
 log = logging.getLogger("amdet")

@@ -1,0 +1,143 @@
+"""One AMDET scan: invert an implicit backdoor feature v, check it, filter natural features, decide.
+
+Needs only the model under test, the clean anchor model and shallow prompts: no trigger, target,
+training data or downstream task. Returns a verdict and a continuous score (higher = more likely
+backdoored: the lowest running mean inversion loss, negated), every check's value at every
+evaluation, and the wall time of each phase.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from amdet.checks import CheckThresholds, evaluate_checks
+from amdet.inversion import LossWeights, inversion_loss, insert, shallow_set
+from amdet.landscape import LandscapeConfig, landscape
+from core.encoders import TextEncoder
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    k: int = 1  # inserted vectors
+    lr: float = 8e-2
+    weight_decay: float = 1e-5
+    batch_size: int = 10
+    epochs: int = 2
+    check_every: int = 2  # batches between check evaluations (once the running loss is low enough)
+    init_std: float = 1.0  # v ~ N(0, init_std²)
+    test_share: float = 0.2
+    seed: int = 0
+    weights: LossWeights = field(default_factory=LossWeights)
+    thresholds: CheckThresholds = field(default_factory=CheckThresholds)
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+
+    def __post_init__(self):
+        for key in ("k", "lr", "batch_size", "epochs", "check_every"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"scan.{key} must be positive, got {getattr(self, key)}")
+        if not any((self.weights.assim, self.weights.dev, self.weights.anchor)):
+            raise ValueError("every inversion loss term is switched off; enable at least one of scan.weights.*")
+
+
+def check_compatible(model: TextEncoder, anchor: TextEncoder) -> None:
+    """The anchor's layers run on the model's h_v: same family, width, length and vocabulary."""
+    for what, a, b in (
+        ("family", model.family.name, anchor.family.name),
+        ("hidden size", model.hidden_size, anchor.hidden_size),
+        ("max length", model.max_length, anchor.max_length),
+        ("vocabulary size", model.config.vocab_size, anchor.config.vocab_size),
+    ):
+        if a != b:
+            raise ValueError(f"model and anchor differ in {what} ({a} vs {b}); scan a model against the clean encoder it was fine-tuned from")
+
+
+def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanConfig, progress: bool = True) -> dict:
+    check_compatible(model, anchor)
+    times = {}
+    t = time.perf_counter()
+    data = shallow_set(model, prompts, cfg.test_share, cfg.seed)
+    test_hidden = data.hidden[data.test]
+    times["features_s"] = time.perf_counter() - t
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    v = torch.nn.Parameter((torch.randn(cfg.k, model.hidden_size, generator=gen) * cfg.init_std).to(model.device))
+    opt = torch.optim.Adam([v], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    th = cfg.thresholds
+    log, steps, best_running, decided = [], 0, float("inf"), None
+    checks_s = landscape_s = 0.0
+    t = time.perf_counter()
+    n_batches = len(data.train) // cfg.batch_size
+    bar = tqdm(total=cfg.epochs * n_batches, desc="inversion", disable=not progress, leave=False)
+    for epoch in range(cfg.epochs):
+        order = data.train[torch.randperm(len(data.train), generator=gen)]
+        total = 0.0
+        for b in range(n_batches):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            loss, terms = inversion_loss(model, anchor, data.hidden[idx], data.output[idx], v, cfg.weights)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"inversion loss became {loss.item()} at step {steps}; lower scan.lr or check the model for NaN weights"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            total += loss.item()
+            running = total / (b + 1)
+            best_running = min(best_running, running)
+            bar.update()
+            bar.set_postfix(loss=f"{running:.3f}")
+            if running < th.loss_start and (b + 1) % cfg.check_every == 0:
+                tc = time.perf_counter()
+                stats = evaluate_checks(model, anchor, test_hidden, v.detach(), th)
+                checks_s += time.perf_counter() - tc
+                entry = {"step": steps, "epoch": epoch, "running_loss": running, **terms_prefixed(terms), **stats}
+                log.append(entry)
+                if stats["all_pass"]:
+                    tl = time.perf_counter()
+                    land = landscape_of(model, anchor, data, v, cfg)
+                    landscape_s += time.perf_counter() - tl
+                    entry["landscape_ratio"] = land["positive_ratio"]
+                    if land["positive_ratio"] > th.landscape_ratio:
+                        decided = land
+                        break
+            if running < th.loss_stop:
+                break
+        if decided:
+            break
+    bar.close()
+    times["inversion_s"] = time.perf_counter() - t - checks_s - landscape_s
+    times["checks_s"] = checks_s
+
+    t = time.perf_counter()
+    land = decided or landscape_of(model, anchor, data, v, cfg)  # the record of a benign scan has one too
+    landscape_s += time.perf_counter() - t
+    times["landscape_s"] = landscape_s
+    with torch.no_grad():
+        reversed_feature = model.encode(insert(test_hidden[:1], v.detach(), model.insert_position))[0]
+    return {
+        "verdict": "backdoor" if decided else "benign",
+        "score": -best_running,
+        "steps": steps,
+        "best_running_loss": best_running,
+        "checks": log,
+        "landscape_ratio": land["positive_ratio"],
+        "v": v.detach().cpu(),
+        "reversed_feature": reversed_feature.cpu(),
+        "landscape": land,
+        "shallow": {"prompts": len(prompts), "train": len(data.train), "test": len(data.test)},
+        "times": times,
+    }
+
+
+def terms_prefixed(terms: dict) -> dict:
+    return {f"loss_{k}": v for k, v in terms.items()}
+
+
+def landscape_of(model, anchor, data, v, cfg: ScanConfig) -> dict:
+    i = data.test[:1]
+    return landscape(model, anchor, data.hidden[i], data.output[i], v.detach(), cfg.weights, cfg.landscape)
