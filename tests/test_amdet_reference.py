@@ -1,0 +1,80 @@
+"""The fast AMDET path computes what the step-by-step reference (tests/reference_amdet.py) computes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from amdet.checks import CheckThresholds, evaluate_checks
+from amdet.inversion import LossWeights, inversion_loss, shallow_set
+from amdet.landscape import LandscapeConfig, landscape
+from amdet.scan import ScanConfig, scan
+from core.tiny.architectures import random_encoder
+from tests import reference_amdet as ref
+from tests.helpers import micro_arch
+
+PROMPTS = [f"a {c} painting of a {t} at dusk, highly detailed" for c in ("red", "blue", "green", "old", "tiny")
+           for t in ("cat", "tower", "ship", "forest")]
+
+
+@pytest.fixture
+def models(family):
+    return random_encoder(micro_arch(family), seed=0), random_encoder(micro_arch(family), seed=1)
+
+
+@pytest.fixture
+def data(models):
+    return shallow_set(models[0], PROMPTS, 0.25, seed=0)
+
+
+@pytest.mark.parametrize("weights", [LossWeights(), LossWeights(assim=1.0, dev=0.0, anchor=0.3)])
+def test_loss_and_gradient_match(models, data, weights):
+    model, anchor = models
+    v = torch.randn(2, model.hidden_size, requires_grad=True)
+    idx = data.train[:5]
+    fast, _ = inversion_loss(model, anchor, data.hidden[idx], data.output[idx], v, weights)
+    (g_fast,) = torch.autograd.grad(fast, v)
+    slow = ref.batch_loss(model, anchor, data.hidden[idx], data.output[idx], v, weights)
+    (g_slow,) = torch.autograd.grad(slow, v)
+    assert fast.item() == pytest.approx(slow.item(), abs=1e-5)
+    assert torch.allclose(g_fast, g_slow, atol=1e-5)
+
+
+def test_checks_match(models, data):
+    model, anchor = models
+    v = torch.randn(1, model.hidden_size)
+    hidden = data.hidden[data.test]
+    probe = evaluate_checks(model, anchor, hidden, v, CheckThresholds())
+    # thresholds at the means, so that each ratio is strictly between 0 and 1 and can disagree
+    t = CheckThresholds(assim_token=probe["assim_mean"], same_token=probe["same_mean"], diff_token=probe["anchor_cos_mean"])
+    fast = evaluate_checks(model, anchor, hidden, v, t, batch=3)
+    slow = ref.checks(model, anchor, hidden, v, t)
+    for key in ("assim_ratio", "same_ratio", "diff_ratio"):
+        assert fast[key] == pytest.approx(slow[key]), key
+
+
+def test_landscape_matches(models, data):
+    model, anchor = models
+    v = torch.randn(1, model.hidden_size)
+    cfg = LandscapeConfig(points=7, span=2.0, relative=True, batch=10)
+    i = data.test[:1]
+    fast = landscape(model, anchor, data.hidden[i], data.output[i], v, LossWeights(), cfg)
+    slow = ref.landscape(model, anchor, data.hidden[i[0]], data.output[i[0]], v, LossWeights(), cfg)
+    assert torch.allclose(fast["grid"], slow["grid"], atol=1e-5)
+    assert torch.allclose(fast["eigenvalues"].double().sort().values, slow["eigenvalues"].sort().values, atol=1e-2)
+    assert fast["positive_ratio"] == slow["positive_ratio"]
+
+
+def test_whole_scan_matches(models):
+    model, anchor = models
+    cfg = ScanConfig(batch_size=4, epochs=2, check_every=2, seed=3, test_share=0.25,
+                     thresholds=replace(CheckThresholds(), loss_start=10.0),
+                     landscape=LandscapeConfig(points=5, batch=8))
+    fast = scan(model, anchor, PROMPTS, cfg, progress=False)
+    slow = ref.scan(model, anchor, shallow_set(model, PROMPTS, cfg.test_share, cfg.seed), cfg)
+    assert fast["steps"] == slow["steps"] and fast["verdict"] == slow["verdict"]
+    assert fast["score"] == pytest.approx(slow["score"], abs=1e-5)
+    assert torch.allclose(fast["v"], slow["v"], atol=1e-4)
+    assert [round(c["assim_ratio"], 6) for c in fast["checks"]] == [round(c["assim_ratio"], 6) for c in slow["checks"]]
