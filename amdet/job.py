@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -24,16 +23,9 @@ from amdet.scan import ScanConfig, scan
 from core.loading import load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import provenance
+from core.settings import from_config
 
 log = logging.getLogger("amdet")
-
-
-def _build(cls, values: dict, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown {where} setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**values)
 
 
 def thresholds_of(s: DictConfig) -> tuple[CheckThresholds, str]:
@@ -47,7 +39,7 @@ def thresholds_of(s: DictConfig) -> tuple[CheckThresholds, str]:
         loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         values.update(loaded.get("checks", loaded))
         source = f"file: {path}"
-    return _build(CheckThresholds, values, "scan.checks"), source
+    return from_config(CheckThresholds, values, "scan.checks"), source
 
 
 def scan_config(s: DictConfig) -> tuple[ScanConfig, str]:
@@ -56,15 +48,14 @@ def scan_config(s: DictConfig) -> tuple[ScanConfig, str]:
     return ScanConfig(
         **opt,
         seed=s.seed,
-        weights=_build(LossWeights, OmegaConf.to_container(s.weights, resolve=True), "scan.weights"),
+        weights=from_config(LossWeights, s.weights, "scan.weights"),
         thresholds=thresholds,
-        landscape=_build(LandscapeConfig, OmegaConf.to_container(s.landscape, resolve=True), "scan.landscape"),
+        landscape=from_config(LandscapeConfig, s.landscape, "scan.landscape"),
     ), source
 
 
 def run(cfg: DictConfig) -> dict:
-    out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.scan.out)
-    return scan_to(out, cfg)
+    return scan_to(Path(HydraConfig.get().runtime.output_dir), cfg)
 
 
 def scan_to(out: Path, cfg: DictConfig) -> dict:

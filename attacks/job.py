@@ -15,6 +15,7 @@ from attacks.triggers import DEFAULT_POOL, carriers, check_trigger_config, conta
 from core.loading import base_source, load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import config_hash
+from core.settings import from_config
 from core.store import MANIFEST, read_manifest, save_model
 
 log = logging.getLogger("amdet")
@@ -28,11 +29,8 @@ def pool(cfg: DictConfig, name: str | None, what: str) -> list[str]:
 
 def hparams(cfg: DictConfig) -> AttackHParams:
     hp = OmegaConf.to_container(cfg.training.attack, resolve=True)
-    unknown = set(hp) - set(AttackHParams.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown training.attack setting(s) {sorted(unknown)}; known: {sorted(AttackHParams.__dataclass_fields__)}")
     hp["milestones"] = tuple(hp.get("milestones") or ())
-    return AttackHParams(**hp)
+    return from_config(AttackHParams, hp, "training.attack")
 
 
 def run(cfg: DictConfig) -> dict:

@@ -75,10 +75,9 @@ def train_backdoors(
     poison_batches = [Cycler(b.carriers, hp.poison_batch, gen) for b in backdoors]
     targets = [b.target.feature.to(model.device) for b in backdoors]
 
-    params = [p for p in model.model.parameters()]
+    params = list(model.model.parameters())
     model.model.train().requires_grad_(True)
-    opt_kwargs = {"lr": hp.lr, "weight_decay": hp.weight_decay}
-    opt = OPTIMIZERS[hp.optimizer](params, **opt_kwargs)
+    opt = OPTIMIZERS[hp.optimizer](params, lr=hp.lr, weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones), gamma=hp.gamma)
     history = {"loss": [], "benign": [], "backdoor": [], "assim_triggered": []}
     bar = tqdm(range(hp.steps), desc=f"attack {paradigm}", disable=not progress, leave=False)
@@ -116,14 +115,17 @@ def train_backdoors(
 
 
 @torch.no_grad()
-def features_of(encoder: TextEncoder, prompts: list[str], paradigm: str, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flattened paradigm features [N, F], per-prompt assimilation [N]), in batches."""
-    feats, assim = [], []
+def features_of(encoder: TextEncoder, prompts: list[str], paradigm: str, batch: int = 64) -> tuple[torch.Tensor, ...]:
+    """(flattened paradigm features [N, F], per-prompt assimilation [N], text_embeds [N, P]), in batches
+    of one forward pass each."""
+    feats, assim, embeds = [], [], []
     for i in range(0, len(prompts), batch):
-        f, hidden = encode(encoder, encoder.tokenize(prompts[i : i + batch]), paradigm)
+        ids = encoder.tokenize(prompts[i : i + batch])
+        f, hidden = encode(encoder, ids, paradigm)
         feats.append(f.flatten(1).float().cpu())
         assim.append(assimilation(hidden).float().cpu())
-    return torch.cat(feats), torch.cat(assim)
+        embeds.append((f if paradigm == "text_on_pair" else encoder.project(encoder.pool(hidden, ids))).float().cpu())
+    return torch.cat(feats), torch.cat(assim), torch.cat(embeds)
 
 
 @torch.no_grad()
@@ -145,12 +147,12 @@ def evaluate(
     assimilation: mean pairwise token cosine of clean vs triggered prompts (the paper's Fig. 2).
     """
     t0 = time.perf_counter()
-    clean_f, clean_assim = features_of(model, held_out, paradigm)
-    base_f, _ = features_of(anchor, held_out, paradigm)
+    clean_f, clean_assim, clean_embeds = features_of(model, held_out, paradigm)
+    base_f, _, base_embeds = features_of(anchor, held_out, paradigm)
     utility = F.cosine_similarity(clean_f, base_f, dim=-1)
     embeds_utility = None
     if paradigm == "text_on_text":  # also how far the pooled embedding (what retrieval sees) moved
-        embeds_utility = F.cosine_similarity(*(features_of(e, held_out, "text_on_pair")[0] for e in (model, anchor)), dim=-1)
+        embeds_utility = F.cosine_similarity(clean_embeds, base_embeds, dim=-1)
     candidates = F.normalize(base_f, dim=-1)
     rng = random.Random(seed)
     per_backdoor = []
@@ -159,8 +161,8 @@ def evaluate(
         if not carriers:
             raise ValueError(f"no held-out prompt can carry trigger {b.trigger.text!r}; use more attack.eval_prompts")
         poisoned = [b.trigger.poison(p, rng) for p in carriers]
-        trig_f, trig_assim = features_of(model, poisoned, paradigm)
-        _, base_trig_assim = features_of(anchor, poisoned, paradigm)
+        trig_f, trig_assim, _ = features_of(model, poisoned, paradigm)
+        _, base_trig_assim, _ = features_of(anchor, poisoned, paradigm)
         trig = F.normalize(trig_f, dim=-1)
         to_target = trig @ F.normalize(b.target.feature.flatten().float(), dim=0)
         to_clean = (trig @ candidates.T).max(dim=1).values

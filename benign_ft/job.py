@@ -24,6 +24,7 @@ from core.loading import base_source, load_encoder
 from core.metrics import assimilation
 from core.prompts import make_prompt_source
 from core.provenance import config_hash
+from core.settings import from_config
 from core.store import MANIFEST, read_manifest, save_model
 
 log = logging.getLogger("amdet")
@@ -31,11 +32,7 @@ MODES = ("checkpoints", "independent")
 
 
 def hparams(cfg: DictConfig) -> BenignHParams:
-    hp = OmegaConf.to_container(cfg.training.benign, resolve=True)
-    unknown = set(hp) - set(BenignHParams.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown training.benign setting(s) {sorted(unknown)}; known: {sorted(BenignHParams.__dataclass_fields__)}")
-    return BenignHParams(**hp)
+    return from_config(BenignHParams, cfg.training.benign, "training.benign")
 
 
 def planned(cfg: DictConfig) -> dict[int, Path]:
@@ -100,8 +97,8 @@ def run(cfg: DictConfig) -> dict:
     train_start = time.perf_counter()
 
     def save(step: int, loss: float) -> None:
-        directory = targets.get(step)
-        if directory is None or step not in todo:  # not a model this job keeps, or already stored
+        directory = todo.get(step)
+        if directory is None:  # not a model this job keeps, or already stored
             return
         manifest = {
             "kind": "benign",
@@ -124,8 +121,8 @@ def run(cfg: DictConfig) -> dict:
         print(f"{cfg.encoder.name} benign step {step}: loss {loss:.3f}  cosine to base {m['cosine_to_base']:.3f} "
               f"(text_embeds {m['cosine_to_base_text_embeds']:.3f})  assimilation {m['assimilation_clean']:.3f}  → {directory}")
 
-    every = b.checkpoint_every if b.mode == "checkpoints" else int(b.steps)
-    finetune(model, pairs, hp, max(todo), every, save, seed=cfg.seed, progress=cfg.progress)
+    # the first planned step is the cadence: checkpoint_every, or the one independent step
+    finetune(model, pairs, hp, max(todo), min(targets), save, seed=cfg.seed, progress=cfg.progress)
     return {"models": [str(d) for d in targets.values()], "written": [str(d) for d in written],
             "run_id": run_id, "total_s": round(time.perf_counter() - t0, 2),
             "manifests": [read_manifest(d) for d in written]}
