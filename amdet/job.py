@@ -10,40 +10,55 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from amdet.calibrate import observing
 from amdet.checks import CheckThresholds
+from amdet.fidelity import trigger_similarities
 from amdet.inversion import LossWeights
 from amdet.landscape import LandscapeConfig
 from amdet.outputs import write_artifacts, write_result
+from amdet.profiles import check_disjoint, find_profile, load_profile
 from amdet.scan import ScanConfig, scan
+from core.encoders import TextEncoder
 from core.loading import load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import provenance
 from core.settings import from_config
+from core.store import MANIFEST, read_manifest
 
 log = logging.getLogger("amdet")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def thresholds_of(s: DictConfig) -> tuple[CheckThresholds, str]:
-    """The scan's thresholds and where they came from (a file given by scan.thresholds, or the config)."""
+def thresholds_of(s: DictConfig, paths: DictConfig, model: TextEncoder, observe: bool) -> tuple[CheckThresholds, dict]:
+    """The scan's thresholds and where they came from: scan.thresholds=FILE, else the calibrated
+    profile matching the model's family and width, else the config (the paper's CLIP-L values)."""
     values = OmegaConf.to_container(s.checks, resolve=True)
-    source = f"config: {s.profile}"
-    if s.thresholds:
-        path = Path(s.thresholds)
-        if not path.is_file():
-            raise FileNotFoundError(f"thresholds file not found: {path}; pass a YAML file written by job=calibrate")
-        loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        values.update(loaded.get("checks", loaded))
-        source = f"file: {path}"
-    return from_config(CheckThresholds, values, "scan.checks"), source
+    source = {"source": f"config: {s.profile}", "score_cut": None}
+    path = Path(s.thresholds) if s.thresholds else find_profile(paths.get("profiles_dir"), model.family.name, model.hidden_size)
+    if path is not None and not observe:
+        profile = load_profile(path)
+        check_disjoint(profile, s.model_path, f"profile {path}")
+        values.update(profile.get("checks", profile))
+        kind = "file" if s.thresholds else "profile"
+        source = {"source": f"{kind}: {path}", "profile": profile.get("profile"), "score_cut": profile.get("score_cut")}
+    thresholds = from_config(CheckThresholds, values, "scan.checks")
+    if observe:
+        thresholds, source = observing(thresholds), {"source": "calibration: observe mode", "score_cut": None}
+    return thresholds, source
 
 
-def scan_config(s: DictConfig) -> tuple[ScanConfig, str]:
-    thresholds, source = thresholds_of(s)
+def thresholds_defaults(s: DictConfig) -> CheckThresholds:
+    """The thresholds in the config itself (validated), before any profile or file."""
+    return from_config(CheckThresholds, OmegaConf.to_container(s.checks, resolve=True), "scan.checks")
+
+
+def scan_config(s: DictConfig, thresholds: CheckThresholds) -> ScanConfig:
     opt = OmegaConf.to_container(s.inversion, resolve=True)
     return ScanConfig(
         **opt,
@@ -51,53 +66,112 @@ def scan_config(s: DictConfig) -> tuple[ScanConfig, str]:
         weights=from_config(LossWeights, s.weights, "scan.weights"),
         thresholds=thresholds,
         landscape=from_config(LandscapeConfig, s.landscape, "scan.landscape"),
-    ), source
+    )
+
+
+def ground_truth(model_path: str, model: TextEncoder, found: dict) -> tuple[dict | None, float | None]:
+    """What the model store knows of the model (nothing for a bare HF directory) and, for a
+    backdoored model, Sim of the reversed feature against each real trigger (best of them)."""
+    if not (Path(model_path) / MANIFEST).is_file():
+        return None, None
+    m = read_manifest(model_path)
+    truth = {"kind": m.get("kind"), "encoder": m.get("encoder"), "seed": m.get("seed"), "config_hash": m.get("config_hash")}
+    if m.get("kind") == "benign":
+        truth.update(run_id=m.get("run_id"), step=m.get("step"))
+    if m.get("kind") != "backdoor":
+        return truth, None
+    backdoors = m.get("backdoors", [])
+    truth.update(paradigm=m.get("paradigm"), triggers=[b["trigger"]["text"] for b in backdoors],
+                 targets=[b["target"]["text"] for b in backdoors])
+    sims = trigger_similarities(model, found["v"], backdoors, found["test_prompts"])
+    truth["sims"] = sims
+    known = [x for x in sims if x is not None]
+    return truth, (max(known) if known else None)
+
+
+def shallow_source(cfg: DictConfig) -> DictConfig:
+    """The shallow dataset's prompt source: scan.source names a conf/prompts option; null = `prompts`."""
+    name = cfg.scan.get("source")
+    if not name:
+        return cfg.prompts
+    path = CONF_DIR / "prompts" / f"{name}.yaml"
+    if not path.is_file():
+        options = ", ".join(sorted(p.stem for p in (CONF_DIR / "prompts").glob("*.yaml")))
+        raise ValueError(f"unknown scan.source '{name}'; choose one of {options} (conf/prompts/) or null")
+    return OmegaConf.load(path)
+
+
+def check_paths(s: DictConfig) -> None:
+    if not s.model_path or not s.anchor_path:
+        raise ValueError("give the model to scan and its clean anchor: scan.model_path=DIR scan.anchor_path=DIR")
+    if s.thresholds and not Path(s.thresholds).is_file():
+        raise FileNotFoundError(f"thresholds file not found: {s.thresholds}; pass a YAML file written by job=calibrate")
 
 
 def run(cfg: DictConfig) -> dict:
     return scan_to(Path(HydraConfig.get().runtime.output_dir), cfg)
 
 
-def scan_to(out: Path, cfg: DictConfig) -> dict:
+def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncoder | None = None,
+            extra: dict | None = None) -> dict:
+    """Scan cfg.scan.model_path against cfg.scan.anchor_path; write out/result.json (ok or error).
+
+    observe: the calibration mode (checks from the first step, no early stop, no verdict rule).
+    anchor: the anchor already loaded (a cell job's base); extra: more fields for result.json.
+    """
     s = cfg.scan
     t0 = time.perf_counter()
-    base = {"model_path": str(s.model_path), "anchor_path": str(s.anchor_path),
+    base = {**(extra or {}), "model_path": str(s.model_path), "anchor_path": str(s.anchor_path),
             "config": OmegaConf.to_container(cfg, resolve=True), "provenance": provenance()}
     try:
-        if not s.model_path or not s.anchor_path:
-            raise ValueError("give the model to scan and its clean anchor: scan.model_path=DIR scan.anchor_path=DIR")
-        scan_cfg, threshold_source = scan_config(s)
+        check_paths(s)
         t = time.perf_counter()
         model = load_encoder(s.model_path, cfg.device)
-        anchor = load_encoder(s.anchor_path, cfg.device)
+        anchor = anchor or load_encoder(s.anchor_path, cfg.device)
         load_s = time.perf_counter() - t
+        thresholds, source = thresholds_of(s, cfg.paths, model, observe)
+        scan_cfg = scan_config(s, thresholds)
         t = time.perf_counter()
-        prompts = make_prompt_source(cfg.prompts).load(s.prompts, seed=s.seed)
+        prompts = make_prompt_source(shallow_source(cfg)).load(s.prompts, seed=s.seed)
         prompts_s = time.perf_counter() - t
         found = scan(model, anchor, prompts, scan_cfg, cfg.progress)
         files = write_artifacts(out, found)
+        scan_s = time.perf_counter() - t0  # the detection's cost; Sim below is evaluation
+        t = time.perf_counter()
+        truth, sim = ground_truth(s.model_path, model, found)
+        sim_s = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 — every failure must end in a result that says so
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        write_result(out, {**base, "status": "error", "reason": reason, "time_s": round(time.perf_counter() - t0, 2)})
+        write_result(out, {**base, "status": "error", "reason": reason, "traceback": traceback.format_exc(),
+                           "time_s": round(time.perf_counter() - t0, 2)})
         raise
     times = {"load_s": load_s, "prompts_s": prompts_s, **found["times"]}
+    detection_s = sum(found["times"].values())
+    cut = source["score_cut"]
     result = {
         **base,
         "status": "ok",
+        "model": {"family": model.family.name, "hidden_size": model.hidden_size, "max_length": model.max_length},
         "verdict": found["verdict"],
         "score": found["score"],
+        "score_cut": cut,
+        "score_verdict": None if cut is None else ("backdoor" if found["score"] > cut else "benign"),
+        "sim": sim,
+        "truth": truth,
         "landscape_ratio": found["landscape_ratio"],
         "best_running_loss": found["best_running_loss"],
         "steps": found["steps"],
         "thresholds": vars(scan_cfg.thresholds),
-        "thresholds_source": threshold_source,
+        "thresholds_source": source["source"],
         "checks": found["checks"],
         "shallow": found["shallow"],
         "files": files,
-        "times": {k: round(v, 3) for k, v in times.items()},
-        "time_s": round(time.perf_counter() - t0, 2),
+        "times": {k: round(v, 3) for k, v in {**times, "sim_s": sim_s}.items()},
+        "detection_s": round(detection_s, 2),  # the detector's own phases: features, inversion, checks, landscape
+        "time_s": round(scan_s, 2),  # one detection: loading, prompts, the scan, its artefacts
     }
     path = write_result(out, result)
+    sim_text = f", Sim {sim:.3f}" if sim is not None else ""
     print(f"{result['verdict']} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
-          f"{result['steps']} steps, {result['time_s']:.1f} s) → {path}")
+          f"{result['steps']} steps{sim_text}, {result['time_s']:.1f} s) → {path}")
     return result

@@ -129,6 +129,7 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
         "v": v.detach().cpu(),
         "reversed_feature": reversed_feature.cpu(),
         "landscape": land,
+        "test_prompts": [prompts[i] for i in data.test.tolist()],  # benign prompts the inversion never saw (for Sim)
         "shallow": {"prompts": len(prompts), "train": len(data.train), "test": len(data.test)},
         "times": times,
     }

@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4000)
     parser.add_argument("--compare-prompts", type=int, default=1000, help="shallow prompts for the fast-vs-reference run")
     parser.add_argument("--check-every", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (batching pays most on a GPU)")
     args = parser.parse_args()
 
     from amdet.checks import CheckThresholds
@@ -45,7 +46,7 @@ def main() -> None:
         model_dir = str(Path(tempfile.mkdtemp(prefix="amdet-scan-bench-")) / "backdoor")
         subprocess.run([sys.executable, "launch.py", "job=attack", "progress=false", f"job.out={model_dir}",
                         f"hydra.run.dir={model_dir}-log"], cwd=ROOT, check=True)
-    model, anchor = load_encoder(model_dir), load_encoder(anchor_dir)
+    model, anchor = load_encoder(model_dir, args.device), load_encoder(anchor_dir, args.device)
     cfg = ScanConfig(check_every=args.check_every)
 
     prompts = generate_synthetic_prompts(args.prompts, seed=0)
@@ -67,9 +68,47 @@ def main() -> None:
     slow = ref.scan(model, anchor, shallow_set(model, small, same.test_share, same.seed), same)
     slow_s = time.perf_counter() - t0
     print(f"same model, same {fast['steps']} steps ({args.compare_prompts} prompts, checks every "
-          f"{same.check_every} batches): fast {fast_s:.1f} s, reference {slow_s:.1f} s "
-          f"→ {slow_s / fast_s:.1f}× faster; same verdict: {fast['verdict'] == slow['verdict']}")
+          f"{same.check_every} batches, final landscape in both): fast {fast_s:.1f} s, reference {slow_s:.1f} s "
+          f"→ {slow_s / fast_s:.1f}× faster; same verdict: {fast['verdict'] == slow['verdict']}, "
+          f"score {fast['score']:.4f} vs {slow['score']:.4f}")
+    phase_ratios(model, anchor, shallow_set(model, small, same.test_share, same.seed), same)
 
+
+def phase_ratios(model, anchor, data, cfg) -> None:
+    """Where the speed-up comes from: one inversion step, one check pass, one landscape, fast vs reference."""
+    import torch
+
+    from amdet.checks import evaluate_checks
+    from amdet.inversion import inversion_loss
+    from amdet.landscape import landscape
+    from tests import reference_amdet as ref
+
+    v = torch.nn.Parameter(torch.randn(cfg.k, model.hidden_size, generator=torch.Generator().manual_seed(0)).to(model.device))
+    idx, test, i = data.train[: cfg.batch_size], data.hidden[data.test], data.test[:1]
+
+    def timed(fn, repeat=3):
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - t0) / repeat
+
+    def fast_step():
+        inversion_loss(model, anchor, data.hidden[idx], data.output[idx], v, cfg.weights)[0].backward()
+
+    def ref_step():
+        ref.batch_loss(model, anchor, data.hidden[idx], data.output[idx], v, cfg.weights).backward()
+
+    rows = [
+        ("inversion step", timed(fast_step), timed(ref_step)),
+        (f"checks ({len(test)} test prompts)", timed(lambda: evaluate_checks(model, anchor, test, v.detach(), cfg.thresholds), 1),
+         timed(lambda: ref.checks(model, anchor, test, v.detach(), cfg.thresholds), 1)),
+        (f"landscape ({cfg.landscape.points}² points)",
+         timed(lambda: landscape(model, anchor, data.hidden[i], data.output[i], v.detach(), cfg.weights, cfg.landscape), 1),
+         timed(lambda: ref.landscape(model, anchor, data.hidden[i[0]], data.output[i[0]], v.detach(), cfg.weights, cfg.landscape), 1)),
+    ]
+    for name, fast, slow in rows:
+        print(f"  {name:28s} fast {fast * 1000:8.1f} ms  reference {slow * 1000:8.1f} ms  → {slow / fast:.1f}×")
 
 if __name__ == "__main__":
     main()

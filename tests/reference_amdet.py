@@ -69,7 +69,7 @@ def landscape(model, anchor, h, out_clean, v, w: LossWeights, cfg: LandscapeConf
     v = v.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss_one(model, anchor, h, out_clean, v, w), v)
     d1 = -grad / grad.norm()
-    d2 = torch.randn(v.shape, generator=torch.Generator().manual_seed(cfg.seed))
+    d2 = torch.randn(v.shape, generator=torch.Generator().manual_seed(cfg.seed)).to(v.device)
     d2 = d2 - (d2 * d1).sum() * d1
     d2 = d2 / d2.norm()
     span = cfg.span * v.norm().item() if cfg.relative else cfg.span
@@ -95,10 +95,10 @@ def landscape(model, anchor, h, out_clean, v, w: LossWeights, cfg: LandscapeConf
 def scan(model: TextEncoder, anchor: TextEncoder, data: ShallowSet, cfg) -> dict:
     """The whole scan loop, with the same random draws as `amdet.scan.scan` (cfg: a ScanConfig)."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    v = torch.nn.Parameter(torch.randn(cfg.k, model.hidden_size, generator=gen) * cfg.init_std)
+    v = torch.nn.Parameter((torch.randn(cfg.k, model.hidden_size, generator=gen) * cfg.init_std).to(model.device))
     opt = torch.optim.Adam([v], lr=cfg.lr, weight_decay=cfg.weight_decay)
     th, test_hidden = cfg.thresholds, data.hidden[data.test]
-    steps, best, log, decided = 0, float("inf"), [], False
+    steps, best, log, decided, land = 0, float("inf"), [], False, None
     n_batches = len(data.train) // cfg.batch_size
     for epoch in range(cfg.epochs):
         order = data.train[torch.randperm(len(data.train), generator=gen)]
@@ -127,4 +127,8 @@ def scan(model: TextEncoder, anchor: TextEncoder, data: ShallowSet, cfg) -> dict
                 break
         if decided:
             break
-    return {"verdict": "backdoor" if decided else "benign", "score": -best, "steps": steps, "checks": log, "v": v.detach()}
+    if not decided:  # as the fast scan does: the record of a benign scan has a landscape too
+        i = data.test[0]
+        land = landscape(model, anchor, data.hidden[i], data.output[i], v.detach(), cfg.weights, cfg.landscape)
+    return {"verdict": "backdoor" if decided else "benign", "score": -best, "steps": steps, "checks": log, "v": v.detach(),
+            "landscape_ratio": land["positive_ratio"]}

@@ -83,8 +83,11 @@ def pair(tmp_path_factory):
     return root / "model", root / "anchor"
 
 
-def scan_cfg(model, anchor, *overrides):
-    return compose_config("job=scan", *MICRO_SCAN, f"scan.model_path={model}", f"scan.anchor_path={anchor}", *overrides)
+def scan_cfg(model, anchor, *overrides, profiles=None):
+    """A micro scan; profiles: where calibrated profiles are looked up (none by default, so that a
+    profile lying in outputs/ never changes a test)."""
+    return compose_config("job=scan", *MICRO_SCAN, f"scan.model_path={model}", f"scan.anchor_path={anchor}",
+                          f"paths.profiles_dir={profiles or 'null'}", *overrides)
 
 
 def test_scan_writes_the_result_contract_and_is_deterministic(tmp_path, pair):

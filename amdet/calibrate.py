@@ -1,0 +1,197 @@
+"""Fit the check thresholds and the score cut of one encoder on calibration models.
+
+`python launch.py job=calibrate job.models_dir=DIR` scans every stored model under DIR (its
+manifest says backdoor or benign, and which base is its anchor) in *observe* mode: checks at every
+cadence point from the first step, no early stop, the landscape at the end. Each model then gives
+one value per statistic (the best it reached), and each threshold is fitted on those values:
+
+- a statistic that separates the classes gets the midpoint of the gap;
+- one that overlaps but still ranks well (AUROC ≥ 0.9) gets the split with the best Youden J;
+- one that carries no signal is switched off (a ratio threshold of −1 always passes) — the paper's
+  ±10 landscape span, for instance, is ~0.9·|v| on a 128-d encoder and tells little there.
+
+The loss gate (checks start below `loss_start`) and the score cut come from the best running loss.
+The profile lands in `paths.profiles_dir/<family>-h<hidden>.yaml` (or `job.out`) and lists
+its calibration models, so a scan refuses to score them with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from amdet.checks import CheckThresholds
+from amdet.profiles import model_identity, profile_name
+from core.store import MANIFEST, read_manifest
+
+log = logging.getLogger("amdet")
+
+RATIOS = ("assim_ratio", "same_ratio", "diff_ratio", "landscape_ratio")
+OFF = -1.0  # a ratio threshold every model passes
+INFORMATIVE_AUROC = 0.9
+
+
+def observing(t: CheckThresholds) -> CheckThresholds:
+    """Thresholds under which a scan checks from the first step, never stops early, never decides."""
+    return dataclasses.replace(t, loss_start=math.inf, loss_stop=-math.inf, assim_ratio=math.inf,
+                               same_ratio=math.inf, diff_ratio=math.inf, landscape_ratio=math.inf)
+
+
+def model_statistics(result: dict) -> dict:
+    """One value per statistic for one observed scan: the best each check reached, the best loss."""
+    log_ = result["checks"]
+    if not log_:
+        raise ValueError("an observed scan logged no checks; lower scan.inversion.check_every")
+    stats = {k: max(entry[k] for entry in log_) for k in RATIOS if k != "landscape_ratio"}
+    stats["landscape_ratio"] = result["landscape_ratio"]
+    stats["best_running_loss"] = result["best_running_loss"]
+    return stats
+
+
+def split(pos: list[float], neg: list[float]) -> tuple[float | None, str, float]:
+    """A cut c with 'value > c ⇒ backdoor' for values higher on backdoored models, its rule and AUROC."""
+    labels = [1] * len(pos) + [0] * len(neg)
+    values = np.asarray(pos + neg, dtype=float)
+    auroc = float(roc_auc_score(labels, values))
+    if min(pos) > max(neg):
+        return (min(pos) + max(neg)) / 2, "separates", auroc
+    if auroc >= INFORMATIVE_AUROC:
+        fpr, tpr, cuts = roc_curve(labels, values)
+        best = int(np.argmax(tpr - fpr))
+        # roc_curve's cuts are observed values with 'value >= cut'; step just below for 'value > c'
+        below = values[values < cuts[best]]
+        return (cuts[best] + (below.max() if below.size else cuts[best] - 1)) / 2, "best Youden split", auroc
+    return None, "no signal", auroc
+
+
+def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds) -> tuple[CheckThresholds, float, dict]:
+    """Thresholds, score cut and a report of every statistic's class ranges from per-model statistics."""
+    if len(backdoor) < 2 or len(benign) < 2:
+        raise ValueError(f"calibration needs at least 2 backdoored and 2 benign models, got {len(backdoor)} and {len(benign)}")
+    fitted, report = {}, {}
+    for key in RATIOS:
+        pos, neg = [s[key] for s in backdoor], [s[key] for s in benign]
+        cut, rule, auroc = split(pos, neg)
+        fitted[key] = OFF if cut is None else round(cut, 6)
+        report[key] = {"backdoor": [min(pos), max(pos)], "benign": [min(neg), max(neg)], "auroc": auroc,
+                       "rule": rule, "threshold": fitted[key]}
+    # the loss gate: lower loss = more backdoor-like, so fit on the score (−loss)
+    pos = [-s["best_running_loss"] for s in backdoor]
+    neg = [-s["best_running_loss"] for s in benign]
+    cut, rule, auroc = split(pos, neg)
+    if cut is None:  # no signal in the loss: let every backdoored model reach the checks
+        cut = min(pos) - 0.01
+    score_cut = round(cut, 6)
+    loss_start = -score_cut
+    # the epoch ends once the running loss is as low as a typical backdoored model's best; the checks
+    # of that step run first, and loss_stop must stay below loss_start or they never would
+    loss_stop = min(-statistics.median(pos), loss_start - 0.01)
+    report["best_running_loss"] = {"backdoor": [-max(pos), -min(pos)], "benign": [-max(neg), -min(neg)],
+                                   "auroc": auroc, "rule": rule, "loss_start": loss_start, "loss_stop": loss_stop}
+    thresholds = dataclasses.replace(base, assim_ratio=fitted["assim_ratio"], same_ratio=fitted["same_ratio"],
+                                     diff_ratio=fitted["diff_ratio"], landscape_ratio=fitted["landscape_ratio"],
+                                     loss_start=round(loss_start, 6), loss_stop=round(loss_stop, 6))
+    return thresholds, score_cut, report
+
+
+def calibration_models(c: DictConfig) -> list[Path]:
+    """Stored models (a manifest of kind backdoor or benign) from job.models and job.models_dir."""
+    found = [Path(p) for p in (c.models or [])]
+    if c.models_dir:
+        root = Path(c.models_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"job.models_dir not found: {root}")
+        found += sorted(p.parent for p in root.rglob(MANIFEST))
+    models = []
+    for path in found:
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"calibration model {path} has no {MANIFEST}: calibration needs stored models whose kind is known")
+        if read_manifest(path).get("kind") in ("backdoor", "benign"):
+            models.append(path)
+    if not models:
+        raise ValueError("no calibration models: give job.models_dir=DIR (a model store) or job.models=[DIR,...]")
+    return models
+
+
+def run(cfg: DictConfig) -> dict:
+    return calibrate_to(Path(HydraConfig.get().runtime.output_dir), cfg)
+
+
+def calibrate_to(out: Path, cfg: DictConfig) -> dict:
+    """Scan each calibration model in observe mode (its result in out/scans/), fit, write the profile."""
+    from amdet.job import scan_to  # the one-model scan, run in observe mode
+
+    results = []
+    for i, path in enumerate(calibration_models(cfg.job)):
+        manifest = read_manifest(path)
+        anchor = cfg.scan.anchor_path or manifest.get("base")
+        scan_cfg = OmegaConf.merge(cfg, {"scan": {"model_path": str(path), "anchor_path": anchor, "thresholds": None}})
+        results.append(scan_to(out / "scans" / f"{i:03d}-{manifest['kind']}-seed{manifest.get('seed')}", scan_cfg, observe=True))
+    profile = fit_profile(results, cfg)
+    target = Path(cfg.job.out) if cfg.job.out else Path(cfg.paths.profiles_dir) / f"{profile['profile']}.yaml"
+    return {**profile, "path": str(write_profile(target, profile))}
+
+
+def fit_profile(results: list[dict], cfg: DictConfig) -> dict:
+    """A profile from observed scans of one encoder's calibration models (their truth says the kind)."""
+    groups = {"backdoor": [], "benign": []}
+    encoders = {(r["model"]["family"], r["model"]["hidden_size"]) for r in results}
+    if len(encoders) != 1:
+        raise ValueError(f"calibration results mix encoders ({sorted(encoders)}); calibrate one encoder at a time")
+    (family, hidden), = encoders
+    for r in results:
+        if r.get("thresholds_source") != "calibration: observe mode" or not r.get("truth"):
+            raise ValueError(f"{r.get('model_path')}: not an observed scan of a stored model; calibrate from cell.observe=true cells")
+        groups[r["truth"]["kind"]].append(model_statistics(r))
+    base = CheckThresholds(**OmegaConf.to_container(cfg.scan.checks, resolve=True))
+    thresholds, score_cut, report = fit(groups["backdoor"], groups["benign"], base)
+    name = profile_name(family, hidden)
+    print(f"calibrated {name} on {len(groups['backdoor'])} backdoored + {len(groups['benign'])} benign models")
+    for key, r in report.items():
+        print(f"  {key:18s} backdoor {fmt(r['backdoor'])}  benign {fmt(r['benign'])}  AUROC {r['auroc']:.2f}  {r['rule']}")
+    return {
+        "profile": name,
+        "family": family,
+        "hidden_size": hidden,
+        "checks": dataclasses.asdict(thresholds),
+        "score_cut": score_cut,
+        "calibration": {
+            "written": datetime.datetime.now().isoformat(timespec="seconds"),
+            "models": [model_identity(r["model_path"]) | {"config_hash": r["truth"].get("config_hash")} for r in results],
+            "counts": {k: len(v) for k, v in groups.items()},
+            "fit": report,
+            "scan": {k: v for k, v in OmegaConf.to_container(cfg.scan, resolve=True).items()
+                     if k not in ("model_path", "anchor_path", "thresholds")},
+        },
+    }
+
+
+def fmt(r: list[float]) -> str:
+    return f"[{r[0]:.3f}, {r[1]:.3f}]"
+
+
+def write_profile(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# Threshold profile written by job=calibrate ({len(data['calibration']['models'])} models); see amdet/profiles.py\n")
+            f.write(OmegaConf.to_yaml(OmegaConf.create(data)))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"profile → {path}")
+    return path
+

@@ -1,0 +1,70 @@
+"""Threshold profiles: the check thresholds (and score cut) fitted for one encoder family and width.
+
+A profile is a YAML file written by `job=calibrate`:
+
+    profile: clip-h128          # <family>-h<hidden size>
+    family: clip
+    hidden_size: 128
+    checks: {assim_ratio: ..., same_ratio: ..., ..., loss_start: ..., loss_stop: ...}
+    score_cut: 0.66             # score > cut ⇒ backdoor, for a verdict from the continuous score
+    calibration: {models: [{path, kind, config_hash}, ...], fit: {...}, scan: {...}}
+
+A scan uses, in order: `scan.thresholds=FILE`; the profile in `paths.profiles_dir` that matches the
+model's family and hidden size; the paper's CLIP-L values in `scan.checks`. Models a profile was
+calibrated on cannot be scored with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from core.store import MANIFEST, read_manifest
+
+
+def profile_name(family: str, hidden_size: int) -> str:
+    return f"{family}-h{hidden_size}"
+
+
+def load_profile(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"thresholds file not found: {path}; pass a YAML file written by job=calibrate")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:  # noqa: BLE001 — a YAML error is a bad file, said in one line
+        raise ValueError(f"thresholds file {path} is not valid YAML ({type(exc).__name__}); rewrite it with job=calibrate") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("checks", data), dict):
+        raise ValueError(f"thresholds file {path} has no 'checks' mapping; rewrite it with job=calibrate")
+    return data
+
+
+def find_profile(profiles_dir: str | Path | None, family: str, hidden_size: int) -> Path | None:
+    if not profiles_dir:
+        return None
+    path = Path(profiles_dir) / f"{profile_name(family, hidden_size)}.yaml"
+    return path if path.is_file() else None
+
+
+def model_identity(model_path: str | Path) -> dict:
+    """What identifies a model across copies: its resolved path and, for stored models, its config hash."""
+    ident = {"path": str(Path(model_path).resolve())}
+    if (Path(model_path) / MANIFEST).is_file():
+        manifest = read_manifest(model_path)
+        ident["config_hash"] = manifest.get("config_hash")
+        ident["kind"] = manifest.get("kind")
+    return ident
+
+
+def check_disjoint(profile: dict, model_path: str | Path, where: str) -> None:
+    """Refuse to score a model with a profile that was calibrated on it."""
+    me = model_identity(model_path)
+    for used in profile.get("calibration", {}).get("models", []):
+        same_path = used.get("path") == me["path"]
+        same_model = me.get("config_hash") and used.get("config_hash") == me.get("config_hash")
+        if same_path or same_model:
+            raise ValueError(
+                f"model {model_path} was a calibration model of {where}; calibration and scored models must be "
+                "disjoint: score it with another profile (scan.thresholds=FILE) or calibrate on other seeds"
+            )

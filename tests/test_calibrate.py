@@ -1,0 +1,107 @@
+"""Threshold calibration: the fitting rules, the profile file, its automatic use and disjointness."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from amdet.calibrate import OFF, calibrate_to, fit, model_statistics, observing, split
+from amdet.checks import CheckThresholds
+from amdet.job import scan_to
+from core.store import save_model
+from core.tiny.architectures import random_encoder
+from tests.helpers import compose_config, micro_arch
+from tests.test_amdet import MICRO_SCAN, scan_cfg
+
+TRIGGER = {"text": "kz", "level": "word", "tokens": 1, "position": "start", "replaced_character": None}
+
+
+def stats(assim, same, diff, land, loss):
+    return {"assim_ratio": assim, "same_ratio": same, "diff_ratio": diff, "landscape_ratio": land, "best_running_loss": loss}
+
+
+def test_fit_takes_gap_midpoints_and_switches_off_checks_without_signal():
+    backdoor = [stats(1.0, 0.99, 0.0, 0.5, -0.88), stats(0.97, 0.95, 0.0, 0.7, -0.84), stats(1.0, 1.0, 0.0, 0.45, -0.86)]
+    benign = [stats(0.0, 0.0, 0.0, 0.46, -0.45), stats(0.01, 0.0, 0.0, 0.6, -0.47)]
+    t, score_cut, report = fit(backdoor, benign, CheckThresholds())
+    assert t.assim_ratio == pytest.approx((0.97 + 0.01) / 2) and t.same_ratio == pytest.approx(0.95 / 2)
+    assert t.diff_ratio == OFF and report["diff_ratio"]["rule"] == "no signal", "equal on both classes: no signal"
+    assert t.landscape_ratio == OFF, "overlapping ranges with a weak ranking are switched off"
+    assert score_cut == pytest.approx((0.84 + 0.47) / 2) and t.loss_start == pytest.approx(-score_cut)
+    assert t.loss_stop < t.loss_start, "the epoch must not end before the checks can run"
+    assert (t.assim_token, t.same_token) == (0.8, 0.92), "per-prompt thresholds keep their configured values"
+    for s in backdoor:  # the fitted rule flags every calibration backdoor and no benign model
+        assert s["assim_ratio"] > t.assim_ratio and s["same_ratio"] > t.same_ratio and -s["best_running_loss"] > score_cut
+    for s in benign:
+        assert not (s["assim_ratio"] > t.assim_ratio and s["same_ratio"] > t.same_ratio)
+
+
+def test_split_of_overlapping_but_ranked_values_is_the_best_youden_cut():
+    pos, neg = [0.9, 0.8, 0.7, 0.35], [0.1, 0.2, 0.3, 0.4]
+    cut, rule, auroc = split(pos, neg)
+    assert rule == "best Youden split" and auroc == pytest.approx(15 / 16)
+    assert sum(p > cut for p in pos) - sum(n > cut for n in neg) == 3, "3 of 4 flagged, no false positive"
+
+
+def test_fit_needs_both_classes():
+    with pytest.raises(ValueError, match="at least 2 backdoored and 2 benign"):
+        fit([stats(1, 1, 0, 0.5, -0.9)] * 3, [stats(0, 0, 0, 0.5, -0.4)], CheckThresholds())
+
+
+def test_observe_mode_never_decides():
+    t = observing(CheckThresholds())
+    assert t.loss_start == math.inf and t.loss_stop == -math.inf and t.same_ratio == math.inf
+    entry = {"assim_ratio": 0.3, "same_ratio": 0.1, "diff_ratio": 0.0}
+    s = model_statistics({"checks": [entry, {**entry, "assim_ratio": 0.6}], "landscape_ratio": 0.4, "best_running_loss": -0.5})
+    assert s["assim_ratio"] == 0.6 and s["landscape_ratio"] == 0.4
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A micro anchor and six stored 'models' of known kind (random encoders: the mechanics, not the fit)."""
+    root = tmp_path_factory.mktemp("calib")
+    random_encoder(micro_arch("clip"), seed=0).save(root / "anchor")
+    for i, kind in enumerate(["backdoor"] * 3 + ["benign"] * 3):
+        manifest = {"kind": kind, "base": str(root / "anchor"), "seed": i, "config_hash": f"hash{i}"}
+        if kind == "backdoor":
+            manifest["backdoors"] = [{"trigger": TRIGGER, "target": {"text": "a cat"}}]
+        save_model(random_encoder(micro_arch("clip"), seed=10 + i), root / "store" / f"m{i}", manifest)
+    save_model(random_encoder(micro_arch("clip"), seed=99), root / "scored",
+               {"kind": "backdoor", "base": str(root / "anchor"), "seed": 99, "config_hash": "other",
+                "backdoors": [{"trigger": TRIGGER, "target": {"text": "a cat"}}]})
+    return root
+
+
+def calibrate_cfg(models_dir, profiles):
+    """Calibration on every stored model under models_dir, each against the base its manifest names."""
+    return compose_config("job=calibrate", *MICRO_SCAN, f"job.models_dir={models_dir}", f"paths.profiles_dir={profiles}")
+
+
+def test_calibrate_writes_a_profile_that_scans_pick_up_and_that_refuses_its_own_models(tmp_path, store):
+    profiles = tmp_path / "profiles"
+    profile = calibrate_to(tmp_path / "calib", calibrate_cfg(store / "store", profiles))
+    path = profiles / "clip-h32.yaml"
+    assert profile["path"] == str(path) and path.is_file()
+    written = OmegaConf.to_container(OmegaConf.load(path))
+    assert written["calibration"]["counts"] == {"backdoor": 3, "benign": 3} and len(written["calibration"]["models"]) == 6
+    assert set(written["checks"]) == set(vars(CheckThresholds()))
+    observed = json.loads((tmp_path / "calib" / "scans" / "000-backdoor-seed0" / "result.json").read_text())
+    assert observed["thresholds_source"] == "calibration: observe mode" and observed["checks"][0]["step"] == 2
+
+    scored = scan_to(tmp_path / "scored", scan_cfg(store / "scored", store / "anchor", profiles=profiles))
+    assert scored["thresholds_source"] == f"profile: {path}" and scored["score_cut"] == written["score_cut"]
+    assert scored["score_verdict"] in ("backdoor", "benign") and scored["thresholds"]["same_ratio"] == written["checks"]["same_ratio"]
+    assert scored["truth"]["kind"] == "backdoor" and -1 <= scored["sim"] <= 1, "Sim against the manifest's trigger"
+
+    with pytest.raises(ValueError, match="calibration and scored models must be disjoint"):
+        scan_to(tmp_path / "again", scan_cfg(store / "store" / "m4", store / "anchor", profiles=profiles))
+    assert json.loads((tmp_path / "again" / "result.json").read_text())["status"] == "error"
+
+
+def test_calibration_refuses_a_directory_without_models(tmp_path, store):
+    with pytest.raises(ValueError, match="no calibration models"):
+        calibrate_to(tmp_path / "out", calibrate_cfg(tmp_path, tmp_path))
+
