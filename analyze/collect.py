@@ -1,0 +1,161 @@
+"""Collect every result.json under a sweep directory into one flat table (results.parquet).
+
+One row per result file. Cell coordinates keep their own names (encoder, paradigm, ...), the other
+sections are prefixed (truth_*, attack_*, times_*, variant_*); lists become "; "-joined strings and
+nested objects (config, assimilation) JSON strings, so the table stays flat and parquet-friendly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULT_NAME = "result.json"
+TABLE_NAME = "results.parquet"
+
+# the columns every table has, in this order; sections with extra keys (times, variant) append theirs
+COLUMNS = [
+    "path", "status", "reason", "traceback", "experiment",
+    "cell_id", "kind", "encoder", "family", "paradigm", "trigger_level", "trigger_length", "trigger_count",
+    "similarity", "adaptive_mu", "seed", "benign_run", "benign_step", "variant",
+    "truth_kind", "truth_triggers", "truth_targets",
+    "attack_asr", "attack_utility", "attack_assimilation_clean", "attack_assimilation_triggered",
+    "verdict", "score", "sim", "landscape_ratio", "steps", "time_s", "thresholds_source",
+    "phase", "detection_s", "score_cut", "score_verdict",
+    "git_commit", "git_dirty", "hostname", "gpu", "cpu", "config", "assimilation",
+]
+INT_COLUMNS = ["trigger_length", "trigger_count", "seed", "benign_step", "steps"]
+TOP_LEVEL = ["status", "reason", "traceback", "experiment", "verdict", "score", "sim",
+             "landscape_ratio", "steps", "time_s", "thresholds_source",
+             # optional: the failing phase of an error, the detector's own time, a calibrated score cut
+             "phase", "detection_s", "score_cut", "score_verdict"]
+
+
+def collect(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """All result.json files under `sweep_dir` as one row each; unreadable files become error rows."""
+    root = Path(sweep_dir)
+    rows = [read_row(path, root) for path in sorted(root.rglob(RESULT_NAME))]
+    return tidy(pd.DataFrame(rows))
+
+
+def read_row(path: Path, root: Path) -> dict:
+    rel = path.relative_to(root).as_posix()
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError(f"top level is a {type(record).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        # one bad file must not hide the other results; the job's directory stands in for its cell id
+        return {"path": rel, "status": "error", "cell_id": Path(rel).parent.as_posix(),
+                "reason": f"unreadable result.json: {type(exc).__name__}: {exc}"}
+    row = {"path": rel, **flatten(record)}
+    row["cell_id"] = row["cell_id"] or Path(rel).parent.as_posix()  # every row needs an id to dedupe by
+    return row
+
+
+def flatten(record: dict) -> dict:
+    """One result.json record as a flat dict (see the module docstring for the naming)."""
+    row = {key: record.get(key) for key in TOP_LEVEL}
+    cell = dict(record.get("cell") or {})
+    row["cell_id"] = cell.pop("id", None)
+    variant = cell.pop("variant", None) or {}
+    row.update({key: scalar(value) for key, value in cell.items()})
+    row["variant"] = variant_label(variant)
+    row.update(prefixed("variant", variant))
+    row.update(prefixed("truth", record.get("truth")))
+    row.update(prefixed("attack", record.get("attack")))
+    row.update(prefixed("times", record.get("times")))
+    prov = record.get("provenance") or {}
+    code, hardware = prov.get("code") or {}, prov.get("hardware") or {}
+    row.update(git_commit=code.get("git_commit"), git_dirty=code.get("git_dirty"),
+               hostname=hardware.get("hostname"), gpu=scalar(hardware.get("gpu")), cpu=scalar(hardware.get("cpu")))
+    row["config"] = as_json(record.get("config"))
+    row["assimilation"] = as_json(record.get("assimilation"))
+    return row
+
+
+def variant_label(variant: dict) -> str | None:
+    """{"scan.weights": "assim+dev"} -> "scan.weights=assim+dev"; None for no variant (so it groups as null)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(variant.items())) or None
+
+
+def prefixed(prefix: str, section: dict | None) -> dict:
+    return {f"{prefix}_{key}": scalar(value) for key, value in (section or {}).items()}
+
+
+def scalar(value):
+    """Lists of plain values as "; "-joined strings, anything nested as JSON: parquet columns hold one plain type."""
+    if isinstance(value, (list, tuple)) and not any(isinstance(v, (list, tuple, dict)) for v in value):
+        return "; ".join(str(v) for v in value)
+    if isinstance(value, (list, tuple, dict)):
+        return as_json(value)
+    return value
+
+
+def as_json(value) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Fixed columns first (added when no record had them), nullable ints, one type per column."""
+    extra = [c for c in df.columns if c not in COLUMNS]
+    df = df.reindex(columns=COLUMNS + extra)
+    for col in df.columns:
+        df[col] = one_type(df[col])
+    for col in INT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
+    return df
+
+
+def one_type(col: pd.Series) -> pd.Series:
+    """Records may disagree on a value's type (4000 vs "4000"); pyarrow refuses mixed columns."""
+    if col.dtype != object:
+        return col
+    types = {type(v) for v in col.dropna()}
+    if len(types) <= 1:
+        return col if types else col.astype(object)
+    if types <= {int, float, np.int64, np.float64}:
+        return pd.to_numeric(col)
+    return col.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write through a temporary file in the same directory and a rename: readers never see half a table."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def summary(df: pd.DataFrame) -> str:
+    """One line: how many results finished or failed and how many cells of each kind."""
+    status = df["status"].value_counts()
+    cells = df.drop_duplicates("cell_id")["kind"].fillna("unknown").value_counts()
+    kinds = ", ".join(f"{n} {kind}" for kind, n in cells.items()) or "none"
+    return (f"{len(df)} result.json: {status.get('ok', 0)} ok, {status.get('error', 0)} error; "
+            f"cells by kind: {kinds}")
+
+
+def load_results(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """results.parquet of a sweep, (re)collected first when missing or older than a result.json."""
+    root = Path(sweep_dir)
+    table = root / TABLE_NAME
+    files = list(root.rglob(RESULT_NAME))
+    if table.is_file() and all(f.stat().st_mtime <= table.stat().st_mtime for f in files):
+        return pd.read_parquet(table)
+    df = collect(root)
+    if len(df):
+        write_parquet_atomic(df, table)
+    return df
