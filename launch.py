@@ -13,11 +13,18 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+import sweeps.naming
+
+sweeps.naming.register()  # the `cell_dir` resolver that names cell directories in the configs
+
 JOBS = {
     "bases": "core.jobs:build_bases",
     "attack": "attacks.job:run",
     "benign": "benign_ft.job:run",
     "scan": "amdet.job:run",
+    "calibrate": "amdet.calibrate:run",
+    "cell": "sweeps.cell:run",
+    "study": "sweeps.study:run",
 }
 
 log = logging.getLogger("amdet")

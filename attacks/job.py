@@ -12,6 +12,7 @@ from attacks.targets import check_paradigm, draw_targets, pair_target, text_targ
 from attacks.train import AttackHParams, Backdoor, evaluate, train_backdoors
 from attacks.objective import similarity_fn
 from attacks.triggers import DEFAULT_POOL, carriers, check_trigger_config, contains_any, draw_triggers
+from core.encoders import TextEncoder
 from core.loading import base_source, load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import config_hash
@@ -33,7 +34,8 @@ def hparams(cfg: DictConfig) -> AttackHParams:
     return from_config(AttackHParams, hp, "training.attack")
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
+    """Train and store one backdoored model; `anchor`: the base already loaded (the cell job's)."""
     a = cfg.attack
     out = Path(cfg.job.out)
     if (out / MANIFEST).exists():  # finished results are never redone or overwritten
@@ -47,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     timing, t0 = {}, time.perf_counter()
 
     source = base_source(cfg.encoder, cfg.progress)
-    anchor = load_encoder(source, cfg.device)  # f0: frozen, also the Text-on-Text target maker
+    anchor = anchor or load_encoder(source, cfg.device)  # f0: frozen, also the Text-on-Text target maker
     model = load_encoder(source, cfg.device)  # f: becomes the backdoored encoder
     timing["load_s"] = time.perf_counter() - t0
 

@@ -175,6 +175,7 @@ def evaluate(
             "eval_prompts": len(carriers),
             "assimilation_triggered": round(trig_assim[:n].mean().item(), 4),
             "assimilation_triggered_base": round(base_trig_assim[:n].mean().item(), 4),
+            "assimilation_triggered_values": [round(x, 4) for x in trig_assim[:n].tolist()],  # Fig. 2 histograms
         })
     n = min(assimilation_prompts, len(held_out))
     return {
@@ -186,6 +187,7 @@ def evaluate(
         "assimilation_clean": round(clean_assim[:n].mean().item(), 4),
         "assimilation_triggered": round(sum(b["assimilation_triggered"] for b in per_backdoor) / len(per_backdoor), 4),
         "assimilation_prompts": n,
+        "assimilation_clean_values": [round(x, 4) for x in clean_assim[:n].tolist()],
         "held_out_prompts": len(held_out),
         "backdoors": per_backdoor,
         "eval_s": round(time.perf_counter() - t0, 2),

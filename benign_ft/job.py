@@ -73,7 +73,8 @@ def drift_report(model: TextEncoder, anchor: TextEncoder, prompts: list[str], ba
             "assimilation_clean": mean(assim), "held_out_prompts": len(prompts)}
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
+    """Fine-tune and store benign models; `anchor`: the base already loaded (the cell job's)."""
     b = cfg.benign
     targets = planned(cfg)
     todo = {step: d for step, d in targets.items() if not (d / MANIFEST).exists()}
@@ -83,7 +84,7 @@ def run(cfg: DictConfig) -> dict:
     hp = hparams(cfg)
     t0 = time.perf_counter()
     source = base_source(cfg.encoder, cfg.progress)
-    anchor = load_encoder(source, cfg.device)
+    anchor = anchor or load_encoder(source, cfg.device)
     model = load_encoder(source, cfg.device)
     pairs = pair_set(cfg, hp, cfg.progress)
     held_out = make_prompt_source(cfg.prompts).load(b.eval_prompts, seed=10_000 + cfg.seed)

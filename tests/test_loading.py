@@ -98,7 +98,7 @@ def run_launch(*overrides):
 
 
 def test_cli_unknown_encoder_in_job_fails_in_one_line():
-    done = run_launch("job.encoders=[tiny-foo]")
+    done = run_launch("job=bases", "job.encoders=[tiny-foo]")
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() + done.stdout.splitlines() if "tiny-foo" in line]
     assert errors and "unknown encoder 'tiny-foo'" in errors[0] and "choose one of" in errors[0]

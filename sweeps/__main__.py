@@ -1,0 +1,58 @@
+"""`python -m sweeps plan|run experiment=NAME [overrides]`, `python -m sweeps resume SWEEP_DIR`.
+
+plan    prints the experiment's cells, their count and the estimated cost; runs nothing
+run     runs every cell on this machine (calibration first), skipping finished ones, then the report
+resume  reruns a sweep from its directory alone: only the cells without a finished result
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("plan", "run", "resume"):
+        print(__doc__.strip())
+        return 2
+    command, args = argv[0], argv[1:]
+    try:
+        if command == "plan":
+            from sweeps.cost import print_plan
+
+            print_plan(args)
+        elif command == "run":
+            from sweeps.run import run_experiment
+
+            print_summary(run_experiment(args))
+        else:
+            if len(args) != 1:
+                print("usage: python -m sweeps resume SWEEP_DIR")
+                return 2
+            from sweeps.run import resume
+
+            print_summary(resume(Path(args[0])))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 — Hydra's config errors (unknown group option, bad override)
+        if type(exc).__module__.startswith(("hydra", "omegaconf")):
+            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    for phase in ("calibration", "scored"):
+        s = summary.get(phase)
+        if s:
+            print(f"{phase}: {s['cells']} cells, {s['computed']} computed, {s['skipped']} already done, "
+                  f"{len(s['failed'])} failed")
+            for f in s["failed"]:
+                print(f"  failed: {f['cell']}: {f['reason']}")
+    print(f"sweep: {summary['sweep_dir']} ({summary['time_s']} s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

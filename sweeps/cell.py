@@ -1,0 +1,156 @@
+"""`python launch.py job=cell ...`: one cell of a sweep — make one model, scan it, write result.json.
+
+    <cell dir>/model/           the backdoored or benign model (weights dropped when cell.keep_model=false)
+    <cell dir>/result.json      verdict, score, Sim, checks, times, ground truth, cell coordinates, provenance
+    <cell dir>/wandb/           the offline wandb run of the cell (unless wandb.mode=disabled)
+
+The base is loaded once and serves as the attack's f0, the benign run's anchor and the scan's
+anchor. A cell whose result.json says ok is skipped, so rerunning a sweep only fills its gaps; a
+failing cell writes an error result (reason and traceback) and never touches a finished one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from amdet.outputs import write_result
+from core.loading import base_source, load_encoder
+from core.provenance import config_hash, provenance
+from sweeps.validate import validate
+from sweeps import tracking
+from sweeps.naming import cell_dirname
+
+log = logging.getLogger("amdet")
+KINDS = ("backdoor", "benign")
+
+
+def run(cfg: DictConfig) -> dict:
+    hc = HydraConfig.get()
+    return run_cell(Path(hc.runtime.output_dir), cfg, cell_id=cell_dirname(hc.job.override_dirname))
+
+
+def finished(out: Path) -> dict | None:
+    """The cell's result when it is done (status ok), else None."""
+    import json
+
+    path = out / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except ValueError:
+        return None  # a torn or hand-edited file: the cell is redone
+    return result if result.get("status") == "ok" else None
+
+
+def benign_seed(cfg: DictConfig) -> int:
+    """A benign cell's fine-tuning seed, distinct for every grid slot (paradigm, trigger length, seed)
+    it fills, so that a grid's benign models are all different."""
+    slot = {"paradigm": cfg.attack.paradigm, "length": cfg.attack.triggers.length, "seed": cfg.seed}
+    return int(config_hash(slot, 8), 16) % 2**31
+
+
+def cell_info(cfg: DictConfig, cell_id: str) -> dict:
+    a, backdoor = cfg.attack, cfg.cell.kind == "backdoor"
+    return {
+        "id": cell_id,
+        "kind": cfg.cell.kind,
+        "observe": bool(cfg.cell.observe),
+        "encoder": cfg.encoder.name,
+        "family": cfg.encoder.family,
+        # a benign cell fills a (paradigm, length, seed) slot of the grid: it is a negative of that row
+        "paradigm": a.paradigm,
+        "trigger_level": a.triggers.level if backdoor else None,
+        "trigger_length": int(a.triggers.length) if backdoor else None,
+        "trigger_count": int(a.triggers.count) if backdoor else None,
+        "similarity": a.similarity if backdoor else None,
+        "adaptive_mu": float(a.adaptive_mu) if backdoor else None,
+        "seed": int(cfg.seed),
+        "variant": {k: OmegaConf.select(cfg, k) for k in cfg.experiment.get("variant", None) or []},
+    }
+
+
+def make_model(cfg: DictConfig, model_dir: Path, anchor) -> dict:
+    """Train the cell's model into model_dir (reused when a previous attempt already stored it)."""
+    from attacks.job import run as attack
+    from benign_ft.job import run as benign
+
+    if model_dir.exists() and not (model_dir / "model.safetensors").exists():
+        shutil.rmtree(model_dir)  # weights dropped by an earlier attempt: retrain (same seed, same model)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.job.out = str(model_dir)
+        if cfg.cell.kind == "backdoor":
+            return attack(cfg, anchor=anchor)
+        cfg.benign.mode = "independent"  # one model per cell, its own run
+        cfg.seed = benign_seed(cfg)
+        return benign(cfg, anchor=anchor)
+
+
+def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
+    done = finished(out)
+    if done:
+        print(f"cell {cell_id}: done ({done['verdict']}, score {done['score']:.3f}) — skipped")
+        return done
+    validate(cfg)  # every setting, before anything is loaded
+    from amdet.job import scan_to
+
+    info = cell_info(cfg, cell_id)
+    extra = {"experiment": cfg.experiment.name, "cell": info}
+    t0 = time.perf_counter()
+    model_dir = out / "model"
+    try:
+        source = base_source(cfg.encoder, cfg.progress)
+        anchor = anchor or load_encoder(source, cfg.device)
+        load_s = time.perf_counter() - t0
+        t = time.perf_counter()
+        made = make_model(cfg, model_dir, anchor)
+        train_s = time.perf_counter() - t
+    except Exception as exc:  # noqa: BLE001 — the cell's record must say it failed, and why
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        write_result(out, {**extra, "status": "error", "phase": "model", "reason": reason,
+                           "traceback": traceback.format_exc(), "config": OmegaConf.to_container(cfg, resolve=True),
+                           "provenance": provenance(), "time_s": round(time.perf_counter() - t0, 2)})
+        raise
+    if cfg.cell.kind == "benign":
+        written = made.get("manifests") or [{}]
+        info.update(benign_run=written[0].get("run_id"), benign_step=written[0].get("step"))
+    scan_cfg = cfg.copy()
+    with open_dict(scan_cfg):
+        scan_cfg.scan.model_path, scan_cfg.scan.anchor_path = str(model_dir), str(source)
+    extra["make"] = {"load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+    try:
+        result = scan_to(out, scan_cfg, observe=cfg.cell.observe, anchor=anchor, extra=extra)
+    finally:
+        if not cfg.cell.keep_model:
+            for f in model_dir.glob("*.safetensors"):
+                f.unlink()
+    result = attach_training(out, result, model_dir)
+    tracking.log_cell(cfg, result, out)
+    return result
+
+
+def attach_training(out: Path, result: dict, model_dir: Path) -> dict:
+    """Fold what training measured (attack success, Fig. 2 assimilations, train time) into the result."""
+    from core.store import read_manifest
+
+    manifest = read_manifest(model_dir)
+    metrics = dict(manifest.get("metrics") or {})
+    result["attack"] = metrics if manifest.get("kind") == "backdoor" else None
+    result["assimilation"] = None
+    if result["attack"]:  # per-prompt assimilations of clean and triggered prompts (the paper's Fig. 2)
+        clean = metrics.pop("assimilation_clean_values", [])
+        triggered = [x for b in metrics.get("backdoors", []) for x in b.pop("assimilation_triggered_values", [])]
+        result["assimilation"] = {"clean": clean, "triggered": triggered}
+    result["times"]["train_s"] = result.pop("make")["train_s"] if "make" in result else None
+    if result["cell"]["kind"] == "benign":
+        result["cell"].update(benign_run=manifest.get("run_id"), benign_step=manifest.get("step"))
+    write_result(out, result)
+    return result

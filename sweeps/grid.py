@@ -1,0 +1,81 @@
+"""An experiment's grid of cells, expanded exactly as Hydra's multirun would expand it.
+
+An experiment (conf/experiment/<name>.yaml) sets `hydra.sweeper.params`; command-line overrides
+replace params of the same key (Hydra's rule), and sweep syntax (`seed=0,1`, `range(1,16)`) works in
+both. Each cell's directory is `<sweep dir>/<override_dirname>`, computed as Hydra computes
+`hydra.job.override_dirname`, so `python launch.py -m` and `python -m sweeps` find the same cells.
+A calibration grid is the same grid on the experiment's calibration seeds, with observing scans
+(`cell.observe=true` names their directories apart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+from sweeps.naming import cell_dirname  # also registers the resolver the configs use
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@dataclass(frozen=True)
+class Cell:
+    overrides: tuple[str, ...]  # what `python launch.py` would be given for this one cell
+    directory: Path
+    calibration: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.directory.name
+
+
+def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the study job): same config dir
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def split_sweep_args(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(plain overrides, sweep overrides such as seed=0,1)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    sweep = [o.input_line for o in parsed if o.is_sweep_override()]
+    return plain, sweep
+
+
+def dirname(job_overrides: list[str], exclude: list[str]) -> str:
+    """The cell's directory name: Hydra's override_dirname (the job's overrides minus excluded
+    keys, sorted, joined by ','), shortened as the config's `cell_dir` resolver does."""
+    parsed = OverridesParser.create().parse_overrides(list(job_overrides))
+    return cell_dirname(",".join(sorted(o.input_line for o in parsed if o.key_or_group not in exclude)))
+
+
+def expand(params: dict, overrides: list[str]) -> list[list[str]]:
+    """Every job's override list: sweeper params then the command line (a later key wins)."""
+    args = [f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def plan(overrides: list[str]) -> tuple[DictConfig, list[Cell], list[Cell]]:
+    """The experiment's config, its scored cells and its calibration cells."""
+    plain, _ = split_sweep_args(overrides)
+    cfg = compose_config(plain, hydra=True)
+    sweep_dir = Path(cfg.hydra.sweep.dir)
+    exclude = list(cfg.hydra.job.config.override_dirname.exclude_keys)
+    params = dict(cfg.hydra.sweeper.params or {})
+    scored = [Cell(tuple(job), sweep_dir / dirname(job, exclude)) for job in expand(params, overrides)]
+    calibration = []
+    seeds = cfg.experiment.get("calibration_seeds")
+    if seeds:
+        extra = [f"seed={seeds}", "cell.observe=true"]
+        for job in expand(params, list(overrides) + extra):
+            calibration.append(Cell(tuple(job), sweep_dir / dirname(job, exclude), True))
+    return cfg, scored, calibration

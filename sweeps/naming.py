@@ -1,0 +1,27 @@
+"""Cell directory names: Hydra's override_dirname (readable, stable, derived from the overrides),
+shortened with a hash of the whole when it would exceed a safe file-name length."""
+
+from __future__ import annotations
+
+import hashlib
+
+from omegaconf import OmegaConf
+
+MAX_NAME = 120  # file systems allow 255 bytes; leave room for suffixes and non-ASCII values
+
+
+def cell_dirname(override_dirname: str) -> str:
+    name = override_dirname or "default"
+    if len(name.encode()) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name.encode()[: MAX_NAME - 13].decode(errors='ignore')}-{digest}"
+
+
+def register() -> None:
+    """`${cell_dir:${hydra:job.override_dirname}}` in the configs (idempotent)."""
+    if not OmegaConf.has_resolver("cell_dir"):
+        OmegaConf.register_new_resolver("cell_dir", cell_dirname)
+
+
+register()

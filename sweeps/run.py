@@ -1,0 +1,108 @@
+"""Run an experiment's cells on this machine, in one process: calibration cells, the profile fitted on
+them, the scored cells, then the report. Finished cells are skipped, so a rerun (or
+`python -m sweeps resume SWEEP_DIR`) only computes what is missing; a failing cell is recorded and
+the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import open_dict
+from tqdm.auto import tqdm
+
+from core.store import write_json_atomic
+from sweeps.cell import finished, run_cell
+from sweeps.grid import Cell, compose_config, plan
+from sweeps.validate import validate
+
+log = logging.getLogger("amdet")
+SWEEP_FILE = "sweep.json"  # what a sweep directory was launched with: enough to resume it
+
+
+def check_all(cells: list[Cell]) -> None:
+    """Compose and validate every cell before the first one starts (a bad override fails at once)."""
+    seen = set()
+    for cell in cells:
+        key = tuple(o for o in cell.overrides if not o.startswith("seed="))
+        if key in seen:  # cells differing only in seed share every other setting
+            continue
+        seen.add(key)
+        validate(compose_config(list(cell.overrides)))
+
+
+def record_sweep(sweep_dir: Path, overrides: list[str], scored: list[Cell], calibration: list[Cell]) -> None:
+    write_json_atomic(sweep_dir / SWEEP_FILE, {"overrides": list(overrides), "cells": len(scored),
+                                               "calibration_cells": len(calibration)})
+
+
+def run_cells(cells: list[Cell], progress: bool, desc: str) -> dict:
+    """Run each cell not yet done; returns counts and the failures (cell id, reason)."""
+    anchors, failures, computed = {}, [], 0
+    todo = [c for c in cells if not finished(c.directory)]
+    bar = tqdm(todo, desc=desc, disable=not progress, unit="cell")
+    for cell in bar:
+        bar.set_postfix_str(cell.id[-60:])
+        cfg = compose_config(list(cell.overrides))
+        with open_dict(cfg):  # outside a Hydra run `${hydra:...}` cannot resolve; the id is known here
+            cfg.job.run_dir = cell.id
+        key = (cfg.encoder.name, cfg.device)
+        try:
+            if key not in anchors:  # one frozen base per encoder for all its cells
+                from core.loading import base_source, load_encoder
+
+                anchors[key] = load_encoder(base_source(cfg.encoder, cfg.progress), cfg.device)
+            run_cell(cell.directory, cfg, cell.id, anchor=anchors[key])
+            computed += 1
+        except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
+            failures.append({"cell": cell.id, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+            log.error("cell %s failed: %s", cell.id, failures[-1]["reason"])
+    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
+
+
+def fit_profiles(cfg, calibration: list[Cell]) -> list[Path]:
+    """Fit one threshold profile per encoder from the calibration cells' observed scans."""
+    from amdet.calibrate import fit_profile, write_profile
+
+    results = [r for r in (finished(c.directory) for c in calibration) if r]
+    by_encoder: dict[tuple, list[dict]] = {}
+    for r in results:
+        by_encoder.setdefault((r["model"]["family"], r["model"]["hidden_size"]), []).append(r)
+    written = []
+    for group in by_encoder.values():
+        profile = fit_profile(group, cfg)
+        written.append(write_profile(Path(cfg.paths.profiles_dir) / f"{profile['profile']}.yaml", profile))
+    return written
+
+
+def run_experiment(overrides: list[str], progress: bool = True, report: bool = True) -> dict:
+    cfg, scored, calibration = plan(overrides)
+    sweep_dir = Path(cfg.hydra.sweep.dir)
+    check_all(calibration + scored)
+    record_sweep(sweep_dir, overrides, scored, calibration)
+    t0 = time.perf_counter()
+    summary = {"sweep_dir": str(sweep_dir)}
+    if calibration:
+        summary["calibration"] = run_cells(calibration, progress, "calibration cells")
+        summary["profiles"] = [str(p) for p in fit_profiles(cfg, calibration)]
+    summary["scored"] = run_cells(scored, progress, "cells")
+    summary["time_s"] = round(time.perf_counter() - t0, 1)
+    if report:
+        from analyze.report import report as make_report
+
+        summary["report"] = make_report(sweep_dir, sweep_dir / "report")
+    write_json_atomic(sweep_dir / "summary.json", {k: v for k, v in summary.items() if k != "report"})
+    return summary
+
+
+def resume(sweep_dir: Path, progress: bool = True) -> dict:
+    """Rerun a sweep from its directory alone: only the cells without a finished result are computed."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a sweep directory written by `python -m sweeps run`")
+    overrides = json.loads(path.read_text())["overrides"]
+    return run_experiment(overrides, progress)
+

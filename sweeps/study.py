@@ -1,0 +1,26 @@
+"""The main job (`python launch.py`): an experiment's whole grid on this machine, then its Table I
+next to the paper's and the path of the report. Default: the embedded study (conf/experiment/embedded.yaml)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from sweeps.run import run_experiment
+
+
+def run(cfg: DictConfig) -> dict:
+    overrides = [f"experiment={cfg.job.experiment}", f"progress={cfg.progress}", *cfg.job.overrides]
+    summary = run_experiment(overrides, progress=cfg.progress)
+    from analyze.report import table1_markdown
+
+    tables = summary.get("report") or {}
+    print()
+    if "table1" in tables:
+        print(f"Table I — {cfg.job.experiment} (ours) next to the paper's:")
+        print(table1_markdown(tables["table1"]))
+    for phase in ("calibration", "scored"):
+        s = summary.get(phase)
+        if s and s["failed"]:
+            print(f"{len(s['failed'])} {phase} cells failed: " + "; ".join(f"{f['cell']}: {f['reason']}" for f in s["failed"]))
+    print(f"\nreport: {summary['sweep_dir']}/report/report.md  ({summary['time_s']:.0f} s)")
+    return {k: v for k, v in summary.items() if k != "report"}

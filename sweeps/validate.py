@@ -1,0 +1,36 @@
+"""Check a cell's whole config before anything runs: a bad value fails in one line naming its key."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+KINDS = ("backdoor", "benign")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ValueError for the first bad setting of a cell (attack, benign run, scan)."""
+    from amdet.job import scan_config, thresholds_defaults
+    from attacks.job import hparams as attack_hparams
+    from attacks.objective import similarity_fn
+    from attacks.targets import check_paradigm
+    from attacks.triggers import check_trigger_config
+    from benign_ft.job import hparams as benign_hparams
+
+    if cfg.cell.kind not in KINDS:
+        raise ValueError(f"unknown cell.kind '{cfg.cell.kind}'; choose one of {', '.join(KINDS)}")
+    a = cfg.attack
+    check_paradigm(a.paradigm)
+    similarity_fn(a.similarity)
+    check_trigger_config(a.triggers.level, a.triggers.length, a.triggers.count, a.triggers.position)
+    if a.adaptive_mu < 0:
+        raise ValueError(f"attack.adaptive_mu must be ≥ 0, got {a.adaptive_mu}")
+    attack_hparams(cfg)
+    benign_hparams(cfg)
+    if cfg.benign.steps <= 0:
+        raise ValueError(f"benign.steps must be positive, got {cfg.benign.steps}")
+    if cfg.scan.prompts < 10:
+        raise ValueError(f"scan.prompts must be at least 10, got {cfg.scan.prompts}")
+    scan_config(cfg.scan, thresholds_defaults(cfg.scan))
+    for key in ("prompts", "seed"):
+        if OmegaConf.select(cfg, f"scan.{key}") is None:
+            raise ValueError(f"scan.{key} must be set")

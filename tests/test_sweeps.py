@@ -1,0 +1,117 @@
+"""Sweeps: grids as Hydra expands them, stable cell dirs, validation, the cell job, skip/resume, wandb."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra._internal.config_loader_impl import get_overrides_dirname
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from sweeps.__main__ import main as sweeps_main
+from sweeps.grid import dirname, plan
+from sweeps.run import resume, run_experiment
+from tests.helpers import MICRO_ATTACK, MICRO_BASE
+from tests.test_benign import MICRO_BENIGN
+
+# the paper's grids (cells, calibration cells); ablation grids where the paper lost its values are ours
+GRIDS = {
+    "table1": (3600, 360), "fig10_similarity": (900, 0), "fig11_trigger_length": (600, 0),
+    "fig12_data_source": (900, 0), "table2_data_scale": (1200, 0), "table3_loss_ablation": (1200, 0),
+    "table4_thresholds": (1920, 0), "fig13_multi_trigger": (200, 0), "table5_adaptive": (225, 0),
+    "embedded": (16, 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_every_experiment_lists_its_grid_with_unique_cell_dirs(name):
+    _, scored, calibration = plan([f"experiment={name}"])
+    assert (len(scored), len(calibration)) == GRIDS[name]
+    assert len({c.directory for c in scored + calibration}) == len(scored) + len(calibration)
+
+
+def test_table1_is_half_backdoored_half_benign_and_a_command_line_override_narrows_it():
+    _, scored, _ = plan(["experiment=table1"])
+    kinds = [dict(o.split("=", 1) for o in c.overrides)["cell.kind"] for c in scored]
+    assert kinds.count("backdoor") == kinds.count("benign") == 1800
+    _, tiny, calibration = plan(["experiment=table1", "encoder=tiny-clip", "seed=0,1"])
+    assert len(tiny) == 2 * 2 * 15 * 2 and all("encoder=tiny-clip" in c.overrides for c in tiny)
+    assert len(calibration) == 2 * 2 * 15 * 2, "calibration seeds replace the command line's seeds"
+
+
+def test_cell_dirs_are_hydras_override_dirname():
+    job = ["seed=3", "encoder=tiny-clip", "experiment=table1", "progress=false", "attack.triggers.length=2"]
+    exclude = ["experiment", "progress"]
+    ours = dirname(job, exclude)
+    hydra = get_overrides_dirname(OverridesParser.create().parse_overrides(job), exclude, ",", "=")
+    assert ours == hydra == "attack.triggers.length=2,encoder=tiny-clip,seed=3"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("attack.triggers.length=0", "attack.triggers.length"),
+    ("training.attack.steps=-5", "training.attack.steps"),
+    ("cell.kind=sideways", "cell.kind"),
+    ("encoder=no-such-encoder", "encoder"),
+])
+def test_malformed_overrides_fail_before_any_cell_with_the_key_named(override, key, capsys, tmp_path):
+    code = sweeps_main(["run", "experiment=embedded", f"paths.output_dir={tmp_path}", override])
+    assert code == 2 and key in capsys.readouterr().err
+    assert not list(tmp_path.rglob("result.json")), "nothing ran"
+
+
+MICRO_STUDY = [
+    "experiment=embedded", *MICRO_BASE, *MICRO_ATTACK, *MICRO_BENIGN, "benign.steps=3", "attack=text_on_text",
+    "attack.triggers.length=1", "seed=0", "experiment.calibration_seeds='100,101'", "scan.prompts=40",
+    "scan.inversion.batch_size=4", "scan.inversion.epochs=1", "scan.inversion.check_every=2", "scan.landscape.points=6",
+    "wandb.mode=offline",
+]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    overrides = [*MICRO_STUDY, f"paths.output_dir={out}"]
+    return out / "sweeps" / "embedded", overrides, run_experiment(overrides, progress=False, report=False)
+
+
+def test_a_micro_study_calibrates_then_scores_and_records_everything(study):
+    sweep_dir, _, summary = study
+    assert summary["calibration"]["computed"] == 4 and summary["scored"]["computed"] == 2, summary
+    assert (sweep_dir / "profiles" / "clip-h32.yaml").is_file()
+    results = [json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")]
+    scored = [r for r in results if not r["cell"]["observe"]]
+    assert {r["cell"]["kind"] for r in scored} == {"backdoor", "benign"} and all(r["status"] == "ok" for r in results)
+    for r in scored:
+        assert r["thresholds_source"].startswith("profile: ") and r["truth"]["kind"] == r["cell"]["kind"]
+        assert r["times"]["train_s"] > 0 and r["provenance"]["code"] and r["config"]["seed"] == 0
+        assert not list((sweep_dir / r["cell"]["id"] / "model").glob("*.safetensors")), "weights dropped"
+        assert list((sweep_dir / r["cell"]["id"] / "wandb").glob("offline-run-*")), "an offline wandb run per cell"
+    backdoor = next(r for r in scored if r["cell"]["kind"] == "backdoor")
+    assert backdoor["attack"]["asr"] is not None and backdoor["sim"] is not None and backdoor["assimilation"]["clean"]
+    benign = next(r for r in scored if r["cell"]["kind"] == "benign")
+    assert benign["cell"]["benign_run"] and benign["sim"] is None
+
+
+def test_rerun_skips_finished_cells_and_resume_fills_exactly_the_gaps(study):
+    sweep_dir, overrides, _ = study
+    again = run_experiment(overrides, progress=False, report=False)
+    assert again["scored"]["computed"] == 0 and again["calibration"]["computed"] == 0
+    victim = next(p for p in sweep_dir.glob("*/result.json")
+                  if json.loads(p.read_text())["cell"] == {**json.loads(p.read_text())["cell"], "kind": "benign", "observe": False})
+    finished_mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/result.json") if p != victim}
+    victim.write_text(json.dumps({"status": "error", "reason": "killed"}))  # a cell that died midway
+    summary = resume(sweep_dir, progress=False)
+    assert summary["scored"]["computed"] == 1 and summary["scored"]["skipped"] == 1
+    assert json.loads(victim.read_text())["status"] == "ok"
+    assert all(p.stat().st_mtime_ns == t for p, t in finished_mtimes.items()), "no finished cell recomputed"
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # a trigger no prompt can carry: the char level replaces a character none of the prompts has
+    summary = run_experiment([*MICRO_STUDY, f"paths.output_dir={tmp_path}", "experiment.calibration_seeds=null",
+                              "attack.triggers.level=char", "attack.triggers.fixed=['ø']",
+                              "attack.triggers.replaced_character='§'"], progress=False, report=False)
+    failed = summary["scored"]["failed"]
+    assert len(failed) == 1 and "cannot be carried" in failed[0]["reason"] and summary["scored"]["computed"] == 1
+    record = json.loads((tmp_path / "sweeps" / "embedded" / failed[0]["cell"] / "result.json").read_text())
+    assert record["status"] == "error" and "Traceback" in record["traceback"] and record["cell"]["kind"] == "backdoor"
