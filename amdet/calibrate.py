@@ -7,10 +7,14 @@ one value per statistic (the best it reached), and each threshold is fitted on t
 
 - a statistic that separates the classes gets the midpoint of the gap;
 - one that overlaps but still ranks well (AUROC ≥ 0.9) gets the split with the best Youden J;
-- one that carries no signal is switched off (a ratio threshold of −1 always passes) — the paper's
-  ±10 landscape span, for instance, is ~0.9·|v| on a 128-d encoder and tells little there.
+- one that carries no signal is switched off (a ratio threshold of −1 always passes);
+- the landscape filter, which exists to clear benign models that pass every other check (natural
+  backdoor features), is fitted on those benign models only, and stays off when fewer than two of
+  the calibration models get that far (the paper's ±10 span is ~0.9·|v| on a 128-d encoder, where
+  the landscape tells little anyway).
 
-The loss gate (checks start below `loss_start`) and the score cut come from the best running loss.
+The loss gate (checks start below `loss_start`) comes from the best running loss; the score cut
+(score > cut ⇒ backdoor) from the scan's continuous score.
 The profile lands in `paths.profiles_dir/<family>-h<hidden>.yaml` (or `job.out`) and lists
 its calibration models, so a scan refuses to score them with it.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import math
 import os
@@ -56,6 +61,7 @@ def model_statistics(result: dict) -> dict:
     stats = {k: max(entry[k] for entry in log_) for k in RATIOS if k != "landscape_ratio"}
     stats["landscape_ratio"] = result["landscape_ratio"]
     stats["best_running_loss"] = result["best_running_loss"]
+    stats["score"] = result["score"]
     return stats
 
 
@@ -80,25 +86,44 @@ def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds) -> tupl
     if len(backdoor) < 2 or len(benign) < 2:
         raise ValueError(f"calibration needs at least 2 backdoored and 2 benign models, got {len(backdoor)} and {len(benign)}")
     fitted, report = {}, {}
-    for key in RATIOS:
+    for key in RATIOS[:3]:
         pos, neg = [s[key] for s in backdoor], [s[key] for s in benign]
         cut, rule, auroc = split(pos, neg)
         fitted[key] = OFF if cut is None else round(cut, 6)
         report[key] = {"backdoor": [min(pos), max(pos)], "benign": [min(neg), max(neg)], "auroc": auroc,
                        "rule": rule, "threshold": fitted[key]}
-    # the loss gate: lower loss = more backdoor-like, so fit on the score (−loss)
+    # the loss gate: lower loss = more backdoor-like, so fit on −loss
     pos = [-s["best_running_loss"] for s in backdoor]
     neg = [-s["best_running_loss"] for s in benign]
     cut, rule, auroc = split(pos, neg)
     if cut is None:  # no signal in the loss: let every backdoored model reach the checks
         cut = min(pos) - 0.01
-    score_cut = round(cut, 6)
-    loss_start = -score_cut
+    loss_start = -cut
     # the epoch ends once the running loss is as low as a typical backdoored model's best; the checks
     # of that step run first, and loss_stop must stay below loss_start or they never would
     loss_stop = min(-statistics.median(pos), loss_start - 0.01)
     report["best_running_loss"] = {"backdoor": [-max(pos), -min(pos)], "benign": [-max(neg), -min(neg)],
                                    "auroc": auroc, "rule": rule, "loss_start": loss_start, "loss_stop": loss_stop}
+    # the score cut: score > cut ⇒ backdoor, for a verdict (and an operating point) from the score alone
+    pos, neg = [s["score"] for s in backdoor], [s["score"] for s in benign]
+    cut, rule, auroc = split(pos, neg)
+    score_cut = round(cut if cut is not None else (min(pos) + max(neg)) / 2, 6)
+    report["score"] = {"backdoor": [min(pos), max(pos)], "benign": [min(neg), max(neg)], "auroc": auroc,
+                       "rule": rule, "threshold": score_cut}
+    # the landscape filter exists to clear benign models that pass every other check (natural
+    # backdoor features): it is fitted on those alone, and stays off when no benign model gets there
+    passing = [s for s in benign if -s["best_running_loss"] > -loss_start
+               and all(s[k] > fitted[k] for k in RATIOS[:3])]
+    pos = [s["landscape_ratio"] for s in backdoor]
+    neg = [s["landscape_ratio"] for s in passing]
+    if len(neg) < 2:
+        cut, rule, auroc = None, f"off: {len(neg)} benign model(s) pass the other checks", float("nan")
+    else:
+        cut, rule, auroc = split(pos, neg)
+    fitted["landscape_ratio"] = OFF if cut is None else round(cut, 6)
+    report["landscape_ratio"] = {"backdoor": [min(pos), max(pos)],
+                                 "benign": [min(neg), max(neg)] if neg else [float("nan")] * 2,
+                                 "auroc": auroc, "rule": rule, "threshold": fitted["landscape_ratio"]}
     thresholds = dataclasses.replace(base, assim_ratio=fitted["assim_ratio"], same_ratio=fitted["same_ratio"],
                                      diff_ratio=fitted["diff_ratio"], landscape_ratio=fitted["landscape_ratio"],
                                      loss_start=round(loss_start, 6), loss_stop=round(loss_stop, 6))
@@ -137,7 +162,12 @@ def calibrate_to(out: Path, cfg: DictConfig) -> dict:
         manifest = read_manifest(path)
         anchor = cfg.scan.anchor_path or manifest.get("base")
         scan_cfg = OmegaConf.merge(cfg, {"scan": {"model_path": str(path), "anchor_path": anchor, "thresholds": None}})
-        results.append(scan_to(out / "scans" / f"{i:03d}-{manifest['kind']}-seed{manifest.get('seed')}", scan_cfg, observe=True))
+        target = out / "scans" / f"{i:03d}-{manifest['kind']}-seed{manifest.get('seed')}"
+        done = json.loads((target / "result.json").read_text()) if (target / "result.json").is_file() else {}
+        if done.get("status") == "ok" and done.get("model_path") == str(path):  # a rerun reuses finished scans
+            results.append(done)
+        else:
+            results.append(scan_to(target, scan_cfg, observe=True))
     profile = fit_profile(results, cfg)
     target = Path(cfg.job.out) if cfg.job.out else Path(cfg.paths.profiles_dir) / f"{profile['profile']}.yaml"
     return {**profile, "path": str(write_profile(target, profile))}

@@ -63,3 +63,12 @@ def evaluate_checks(
     stats["diff_pass"] = stats["diff_ratio"] > t.diff_ratio
     stats["all_pass"] = stats["assim_pass"] and stats["same_pass"] and stats["diff_pass"]
     return stats
+
+
+@torch.no_grad()
+def mean_assimilation(model: TextEncoder, hidden: torch.Tensor, v: torch.Tensor, batch: int = 200) -> float:
+    """Mean assimilation of the prompts' outputs with v inserted: the scan's continuous score.
+    A backdoor's v collapses every output onto one target (≈ 1); a benign model's cannot."""
+    total = sum(assimilation(model.encode(insert(hidden[i : i + batch], v, model.insert_position))).sum().item()
+                for i in range(0, len(hidden), batch))
+    return total / len(hidden)

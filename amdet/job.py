@@ -152,7 +152,7 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         **base,
         "status": "ok",
         "model": {"family": model.family.name, "hidden_size": model.hidden_size, "max_length": model.max_length},
-        "verdict": found["verdict"],
+        "verdict": None if observe else found["verdict"],  # an observing scan decides nothing
         "score": found["score"],
         "score_cut": cut,
         "score_verdict": None if cut is None else ("backdoor" if found["score"] > cut else "benign"),
@@ -172,6 +172,6 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
     }
     path = write_result(out, result)
     sim_text = f", Sim {sim:.3f}" if sim is not None else ""
-    print(f"{result['verdict']} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
+    print(f"{result['verdict'] or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
           f"{result['steps']} steps{sim_text}, {result['time_s']:.1f} s) → {path}")
     return result

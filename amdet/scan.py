@@ -2,8 +2,9 @@
 
 Needs only the model under test, the clean anchor model and shallow prompts: no trigger, target,
 training data or downstream task. Returns a verdict and a continuous score (higher = more likely
-backdoored: the lowest running mean inversion loss, negated), every check's value at every
-evaluation, and the wall time of each phase.
+backdoored: the mean assimilation of the test prompts' outputs with the final v — unlike the running
+loss, it does not depend on when the scan stopped), every check's value at every evaluation, and
+the wall time of each phase.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from amdet.checks import CheckThresholds, evaluate_checks
+from amdet.checks import CheckThresholds, evaluate_checks, mean_assimilation
 from amdet.inversion import LossWeights, inversion_loss, insert, shallow_set
 from amdet.landscape import LandscapeConfig, landscape
 from core.encoders import TextEncoder
@@ -91,7 +92,10 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
             best_running = min(best_running, running)
             bar.update()
             bar.set_postfix(loss=f"{running:.3f}")
-            if running < th.loss_start and (b + 1) % cfg.check_every == 0:
+            # checks on the cadence, and on the step that ends an epoch: with a sparse cadence the
+            # loss can pass both loss_start and loss_stop between two cadence points
+            due = (b + 1) % cfg.check_every == 0 or running < th.loss_stop or b == n_batches - 1
+            if running < th.loss_start and due:
                 tc = time.perf_counter()
                 stats = evaluate_checks(model, anchor, test_hidden, v.detach(), th)
                 checks_s += time.perf_counter() - tc
@@ -117,11 +121,14 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
     land = decided or landscape_of(model, anchor, data, v, cfg)  # the record of a benign scan has one too
     landscape_s += time.perf_counter() - t
     times["landscape_s"] = landscape_s
+    t = time.perf_counter()
+    score = mean_assimilation(model, test_hidden, v.detach())
+    times["score_s"] = time.perf_counter() - t
     with torch.no_grad():
         reversed_feature = model.encode(insert(test_hidden[:1], v.detach(), model.insert_position))[0]
     return {
         "verdict": "backdoor" if decided else "benign",
-        "score": -best_running,
+        "score": score,
         "steps": steps,
         "best_running_loss": best_running,
         "checks": log,

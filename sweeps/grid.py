@@ -75,7 +75,7 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[Cell], list[Cell]]:
     calibration = []
     seeds = cfg.experiment.get("calibration_seeds")
     if seeds:
-        extra = [f"seed={seeds}", "cell.observe=true"]
+        extra = [f"seed={seeds}", "cell.observe=true", *(cfg.experiment.get("calibration_overrides") or [])]
         for job in expand(params, list(overrides) + extra):
             calibration.append(Cell(tuple(job), sweep_dir / dirname(job, exclude), True))
     return cfg, scored, calibration

@@ -93,7 +93,10 @@ def run_experiment(overrides: list[str], progress: bool = True, report: bool = T
     if report:
         from analyze.report import report as make_report
 
+        from sweeps.tracking import log_sweep
+
         summary["report"] = make_report(sweep_dir, sweep_dir / "report")
+        log_sweep(cfg, sweep_dir, summary["report"], sorted((sweep_dir / "report").rglob("*.png")))
     write_json_atomic(sweep_dir / "summary.json", {k: v for k, v in summary.items() if k != "report"})
     return summary
 

@@ -113,7 +113,8 @@ def scan(model: TextEncoder, anchor: TextEncoder, data: ShallowSet, cfg) -> dict
             total += loss.item()
             running = total / (b + 1)
             best = min(best, running)
-            if running < th.loss_start and (b + 1) % cfg.check_every == 0:
+            due = (b + 1) % cfg.check_every == 0 or running < th.loss_stop or b == n_batches - 1
+            if running < th.loss_start and due:
                 stats = checks(model, anchor, test_hidden, v.detach(), th)
                 log.append(stats)
                 if (stats["assim_ratio"] > th.assim_ratio and stats["same_ratio"] > th.same_ratio
@@ -130,5 +131,8 @@ def scan(model: TextEncoder, anchor: TextEncoder, data: ShallowSet, cfg) -> dict
     if not decided:  # as the fast scan does: the record of a benign scan has a landscape too
         i = data.test[0]
         land = landscape(model, anchor, data.hidden[i], data.output[i], v.detach(), cfg.weights, cfg.landscape)
-    return {"verdict": "backdoor" if decided else "benign", "score": -best, "steps": steps, "checks": log, "v": v.detach(),
+    with torch.no_grad():
+        score = sum(assimilation_one(model.encode(insert_one(h, v.detach(), model.insert_position).unsqueeze(0))[0]).item()
+                    for h in test_hidden) / len(test_hidden)
+    return {"verdict": "backdoor" if decided else "benign", "score": score, "best_running_loss": best, "steps": steps, "checks": log, "v": v.detach(),
             "landscape_ratio": land["positive_ratio"]}

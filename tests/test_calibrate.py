@@ -20,7 +20,9 @@ TRIGGER = {"text": "kz", "level": "word", "tokens": 1, "position": "start", "rep
 
 
 def stats(assim, same, diff, land, loss):
-    return {"assim_ratio": assim, "same_ratio": same, "diff_ratio": diff, "landscape_ratio": land, "best_running_loss": loss}
+    """One model's statistics; its score is taken as its best loss negated (higher for backdoors)."""
+    return {"assim_ratio": assim, "same_ratio": same, "diff_ratio": diff, "landscape_ratio": land,
+            "best_running_loss": loss, "score": -loss}
 
 
 def test_fit_takes_gap_midpoints_and_switches_off_checks_without_signal():
@@ -29,12 +31,14 @@ def test_fit_takes_gap_midpoints_and_switches_off_checks_without_signal():
     t, score_cut, report = fit(backdoor, benign, CheckThresholds())
     assert t.assim_ratio == pytest.approx((0.97 + 0.01) / 2) and t.same_ratio == pytest.approx(0.95 / 2)
     assert t.diff_ratio == OFF and report["diff_ratio"]["rule"] == "no signal", "equal on both classes: no signal"
-    assert t.landscape_ratio == OFF, "overlapping ranges with a weak ranking are switched off"
-    assert score_cut == pytest.approx((0.84 + 0.47) / 2) and t.loss_start == pytest.approx(-score_cut)
+    assert t.landscape_ratio == OFF and report["landscape_ratio"]["rule"].startswith("off: 0 benign"), \
+        "no benign model passes the other checks: nothing for the landscape filter to clear"
+    assert t.loss_start == pytest.approx(-(0.84 + 0.47) / 2), "loss gate: the midpoint of the best-loss gap"
+    assert score_cut == pytest.approx((0.84 + 0.47) / 2), "score cut: the midpoint of the score gap"
     assert t.loss_stop < t.loss_start, "the epoch must not end before the checks can run"
     assert (t.assim_token, t.same_token) == (0.8, 0.92), "per-prompt thresholds keep their configured values"
     for s in backdoor:  # the fitted rule flags every calibration backdoor and no benign model
-        assert s["assim_ratio"] > t.assim_ratio and s["same_ratio"] > t.same_ratio and -s["best_running_loss"] > score_cut
+        assert s["assim_ratio"] > t.assim_ratio and s["same_ratio"] > t.same_ratio and s["score"] > score_cut
     for s in benign:
         assert not (s["assim_ratio"] > t.assim_ratio and s["same_ratio"] > t.same_ratio)
 
@@ -55,7 +59,8 @@ def test_observe_mode_never_decides():
     t = observing(CheckThresholds())
     assert t.loss_start == math.inf and t.loss_stop == -math.inf and t.same_ratio == math.inf
     entry = {"assim_ratio": 0.3, "same_ratio": 0.1, "diff_ratio": 0.0}
-    s = model_statistics({"checks": [entry, {**entry, "assim_ratio": 0.6}], "landscape_ratio": 0.4, "best_running_loss": -0.5})
+    s = model_statistics({"checks": [entry, {**entry, "assim_ratio": 0.6}], "landscape_ratio": 0.4,
+                          "best_running_loss": -0.5, "score": 0.7})
     assert s["assim_ratio"] == 0.6 and s["landscape_ratio"] == 0.4
 
 
@@ -105,3 +110,13 @@ def test_calibration_refuses_a_directory_without_models(tmp_path, store):
     with pytest.raises(ValueError, match="no calibration models"):
         calibrate_to(tmp_path / "out", calibrate_cfg(tmp_path, tmp_path))
 
+
+
+def test_landscape_filter_is_fitted_on_the_benign_models_that_pass_every_other_check():
+    """Natural backdoor features: benign models as assimilating as backdoored ones, told apart by the landscape."""
+    backdoor = [stats(1.0, 1.0, 0.0, 0.90, -0.90), stats(1.0, 1.0, 0.0, 0.85, -0.88)]
+    benign = [stats(1.0, 1.0, 0.0, 0.50, -0.89), stats(1.0, 1.0, 0.0, 0.60, -0.895), stats(0.0, 0.0, 0.0, 0.95, -0.40)]
+    t, _, report = fit(backdoor, benign, CheckThresholds())
+    assert t.assim_ratio == OFF and t.same_ratio == OFF, "identical on both classes"
+    assert t.landscape_ratio == pytest.approx((0.85 + 0.60) / 2), "fitted on the two benign models that get that far"
+    assert report["landscape_ratio"]["benign"] == [0.5, 0.6], "the far-off benign model (0.95) is not part of it"

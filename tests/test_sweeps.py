@@ -19,7 +19,7 @@ GRIDS = {
     "table1": (3600, 360), "fig10_similarity": (900, 0), "fig11_trigger_length": (600, 0),
     "fig12_data_source": (900, 0), "table2_data_scale": (1200, 0), "table3_loss_ablation": (1200, 0),
     "table4_thresholds": (1920, 0), "fig13_multi_trigger": (200, 0), "table5_adaptive": (225, 0),
-    "embedded": (16, 8),
+    "embedded": (16, 4),
 }
 
 
