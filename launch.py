@@ -11,6 +11,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import sweeps.naming
@@ -41,6 +43,8 @@ def main(cfg: DictConfig) -> dict | None:
         return getattr(importlib.import_module(module), func)(cfg)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
         log.error("%s", exc)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the launcher records this job as failed (with the message) and the sweep goes on
         sys.exit(2)
 
 
