@@ -45,6 +45,11 @@ def thresholds_of(s: DictConfig, paths: DictConfig, model: TextEncoder, observe:
         profile = load_profile(path)
         check_disjoint(profile, s.model_path, f"profile {path}")
         values.update(profile.get("checks", profile))
+        fitted_with, current = profile.get("calibration", {}).get("scan", {}), OmegaConf.to_container(s, resolve=True)
+        for key in ("prompts", "inversion", "weights"):
+            if key in fitted_with and fitted_with[key] != current.get(key):
+                log.warning("profile %s was fitted with other scan.%s settings than this scan uses; its "
+                            "thresholds may not transfer (recalibrate with these settings)", path, key)
         kind = "file" if s.thresholds else "profile"
         source = {"source": f"{kind}: {path}", "profile": profile.get("profile"), "score_cut": profile.get("score_cut")}
     thresholds = from_config(CheckThresholds, values, "scan.checks")
