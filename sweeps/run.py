@@ -63,6 +63,15 @@ def run_cells(cells: list[Cell], progress: bool, desc: str) -> dict:
     return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
 
 
+def run_phase(cells: list[Cell], cfg, sweep_dir: Path, progress: bool, desc: str) -> dict:
+    """Here, in this process; or through submitit when the launcher is submitit_local or slurm."""
+    from sweeps.submit import is_submitit, run_remote
+
+    if is_submitit(cfg.hydra.launcher):
+        return run_remote(cells, cfg, sweep_dir, desc)
+    return run_cells(cells, progress, desc)
+
+
 def fit_profiles(cfg, calibration: list[Cell]) -> list[Path]:
     """Fit one threshold profile per encoder from the calibration cells' observed scans."""
     from amdet.calibrate import fit_profile, write_profile
@@ -86,9 +95,9 @@ def run_experiment(overrides: list[str], progress: bool = True, report: bool = T
     t0 = time.perf_counter()
     summary = {"sweep_dir": str(sweep_dir)}
     if calibration:
-        summary["calibration"] = run_cells(calibration, progress, "calibration cells")
+        summary["calibration"] = run_phase(calibration, cfg, sweep_dir, progress, "calibration cells")
         summary["profiles"] = [str(p) for p in fit_profiles(cfg, calibration)]
-    summary["scored"] = run_cells(scored, progress, "cells")
+    summary["scored"] = run_phase(scored, cfg, sweep_dir, progress, "cells")
     summary["time_s"] = round(time.perf_counter() - t0, 1)
     if report:
         from analyze.report import report as make_report

@@ -115,3 +115,16 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(failed) == 1 and "cannot be carried" in failed[0]["reason"] and summary["scored"]["computed"] == 1
     record = json.loads((tmp_path / "sweeps" / "embedded" / failed[0]["cell"] / "result.json").read_text())
     assert record["status"] == "error" and "Traceback" in record["traceback"] and record["cell"]["kind"] == "backdoor"
+
+
+def test_submitit_local_runs_the_same_cells_to_the_same_results(study, tmp_path):
+    """The launcher changes where cells run, never what they compute: packed 2 to a task."""
+    sweep_dir, overrides, _ = study
+    summary = run_experiment([*overrides[:-1], f"paths.output_dir={tmp_path}", "hydra/launcher=submitit_local",
+                              "experiment.cells_per_task=2"], progress=False, report=False)
+    assert summary["scored"]["computed"] == 2 and summary["calibration"]["computed"] == 4, summary
+    here = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
+    there = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/result.json")}
+    assert here.keys() == there.keys()
+    for name, r in here.items():
+        assert (there[name]["verdict"], there[name]["score"]) == (r["verdict"], r["score"]), name

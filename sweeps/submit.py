@@ -1,0 +1,120 @@
+"""Run a sweep's cells through submitit — on Slurm (`hydra/launcher=slurm`) or as local processes
+(`hydra/launcher=submitit_local`) — with the same launcher settings a Hydra multirun would use.
+
+- N cells per task (`experiment.cells_per_task`): one scan does not fill a GPU;
+- job arrays split below the cluster's MaxArraySize (submitit does not split them);
+- a task that is preempted or reaches its time limit requeues itself (submitit `checkpoint()`),
+  and the requeued task skips the cells it already finished;
+- a failing cell is recorded in its result.json and the task goes on with the next one; a task
+  that dies (cancelled, killed) leaves its unfinished cells to `python -m sweeps resume`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sweeps.grid import Cell, compose_config
+
+# keys of hydra-submitit-launcher's BaseQueueConf: submitit takes them unprefixed, the rest as slurm_*
+BASE_KEYS = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
+             "stderr_to_stdout"}
+DEFAULT_MAX_ARRAY = 1001
+
+
+def is_submitit(launcher: DictConfig) -> bool:
+    return "submitit" in str(launcher.get("_target_", ""))
+
+
+class CellGroup:
+    """The cells of one task, run in order; a requeue resumes at the first unfinished one."""
+
+    def __init__(self, cells: list[tuple[list[str], str]]):
+        self.cells = cells
+
+    def __call__(self) -> list[dict]:
+        from sweeps.cell import run_cell
+
+        statuses = []
+        for overrides, directory in self.cells:
+            cfg = compose_config(overrides)
+            with open_dict(cfg):
+                cfg.job.run_dir = Path(directory).name
+            try:
+                result = run_cell(Path(directory), cfg, Path(directory).name)
+                statuses.append({"cell": Path(directory).name, "status": "ok", "verdict": result.get("verdict")})
+            except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the task goes on
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                statuses.append({"cell": Path(directory).name, "status": "error", "reason": reason})
+        return statuses
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(CellGroup(self.cells))  # finished cells are skipped
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (the largest array is one less), or a safe default."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("MaxArraySize"):
+                return int(line.split("=")[1])
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    return DEFAULT_MAX_ARRAY
+
+
+def executor_for(launcher: DictConfig, sweep_dir: Path) -> submitit.AutoExecutor:
+    """A submitit executor configured exactly as hydra-submitit-launcher configures its own."""
+    params = OmegaConf.to_container(launcher, resolve=False)
+    cluster = "slurm" if "Slurm" in params.pop("_target_", "") else "local"
+    params.pop("submitit_folder", None)  # resolved against Hydra's runtime, which is not set here
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")  # Slurm job ids restart on a fresh cluster
+    init = {f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
+    executor = submitit.AutoExecutor(folder=str(sweep_dir / ".submitit" / stamp / "%j"), cluster=cluster, **init)
+    params["name"] = "amdet-cells"
+    executor.update_parameters(**{k if k in BASE_KEYS else f"{cluster}_{k}": v for k, v in params.items()
+                                  if v is not None and not (cluster == "local" and k not in BASE_KEYS)})
+    return executor
+
+
+def submit(cells: list[Cell], launcher: DictConfig, sweep_dir: Path, per_task: int) -> list[tuple[submitit.Job, list[Cell]]]:
+    """Submit the cells, `per_task` to a task, in arrays no larger than the cluster allows."""
+    executor = executor_for(launcher, sweep_dir)
+    groups = [cells[i : i + per_task] for i in range(0, len(cells), per_task)]
+    limit = max_array_size() - 1 if executor.cluster == "slurm" else len(groups) or 1
+    submitted = []
+    for start in range(0, len(groups), limit):
+        chunk = groups[start : start + limit]
+        with executor.batch():
+            jobs = [executor.submit(CellGroup([(list(c.overrides), str(c.directory)) for c in g])) for g in chunk]
+        submitted += list(zip(jobs, chunk))
+    return submitted
+
+
+def run_remote(cells: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -> dict:
+    """Submit the unfinished cells, wait for them, and count as run_cells does."""
+    from sweeps.cell import finished
+
+    todo = [c for c in cells if not finished(c.directory)]
+    per_task = int(cfg.experiment.get("cells_per_task") or 1)
+    failures, computed = [], 0
+    submitted = submit(todo, cfg.hydra.launcher, sweep_dir, per_task) if todo else []
+    print(f"{desc}: {len(todo)} cells in {len(submitted)} tasks submitted ({per_task} per task)")
+    for job, group in submitted:
+        try:
+            statuses = job.result()
+        except Exception as exc:  # noqa: BLE001 — cancelled, killed, node failure: its cells stay missing
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            statuses = [{"cell": c.id, "status": "error", "reason": f"job {job.job_id} {job.state}: {first}"}
+                        for c in group if not finished(c.directory)]
+        for s in statuses:
+            if s["status"] == "ok":
+                computed += 1
+            else:
+                failures.append({"cell": s["cell"], "reason": s["reason"]})
+    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
