@@ -26,9 +26,7 @@ import datetime
 import json
 import logging
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from amdet.checks import CheckThresholds
 from amdet.profiles import model_identity, profile_name
-from core.store import MANIFEST, read_manifest
+from core.store import MANIFEST, atomic_write, read_manifest
 
 log = logging.getLogger("amdet")
 
@@ -212,16 +210,9 @@ def fmt(r: list[float]) -> str:
 
 
 def write_profile(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"# Threshold profile written by job=calibrate ({len(data['calibration']['models'])} models); see amdet/profiles.py\n")
-            f.write(OmegaConf.to_yaml(OmegaConf.create(data)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    header = f"# Threshold profile written by job=calibrate ({len(data['calibration']['models'])} models); see amdet/profiles.py\n"
+    with atomic_write(path) as tmp:
+        tmp.write_text(header + OmegaConf.to_yaml(OmegaConf.create(data)))
     print(f"profile → {path}")
     return path
 

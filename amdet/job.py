@@ -22,9 +22,10 @@ from amdet.fidelity import trigger_similarities
 from amdet.inversion import LossWeights
 from amdet.landscape import LandscapeConfig
 from amdet.outputs import write_artifacts, write_result
-from amdet.profiles import check_disjoint, find_profile, load_profile
+from amdet.profiles import check_disjoint, find_profile, load_profile, require_file
 from amdet.scan import ScanConfig, scan
 from core.encoders import TextEncoder
+from core.errors import one_line
 from core.loading import load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import provenance
@@ -109,8 +110,8 @@ def shallow_source(cfg: DictConfig) -> DictConfig:
 def check_paths(s: DictConfig) -> None:
     if not s.model_path or not s.anchor_path:
         raise ValueError("give the model to scan and its clean anchor: scan.model_path=DIR scan.anchor_path=DIR")
-    if s.thresholds and not Path(s.thresholds).is_file():
-        raise FileNotFoundError(f"thresholds file not found: {s.thresholds}; pass a YAML file written by job=calibrate")
+    if s.thresholds:
+        require_file(s.thresholds)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -118,11 +119,12 @@ def run(cfg: DictConfig) -> dict:
 
 
 def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncoder | None = None,
-            extra: dict | None = None) -> dict:
+            extra: dict | None = None, earlier_times: dict | None = None) -> dict:
     """Scan cfg.scan.model_path against cfg.scan.anchor_path; write out/result.json (ok or error).
 
     observe: the calibration mode (checks from the first step, no early stop, no verdict rule).
-    anchor: the anchor already loaded (a cell job's base); extra: more fields for result.json.
+    anchor: the anchor already loaded (a cell job's base); extra: more fields for result.json;
+    earlier_times: phase times (seconds) measured before the scan, e.g. a cell's training.
     """
     s = cfg.scan
     t0 = time.perf_counter()
@@ -146,11 +148,11 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         truth, sim = ground_truth(s.model_path, model, found)
         sim_s = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 — every failure must end in a result that says so
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        write_result(out, {**base, "status": "error", "reason": reason, "traceback": traceback.format_exc(),
+        write_result(out, {**base, "status": "error", "reason": one_line(exc), "traceback": traceback.format_exc(),
+                           **({"times": earlier_times} if earlier_times else {}),
                            "time_s": round(time.perf_counter() - t0, 2)})
         raise
-    times = {"load_s": load_s, "prompts_s": prompts_s, **found["times"]}
+    times = {**(earlier_times or {}), "load_s": load_s, "prompts_s": prompts_s, **found["times"]}
     detection_s = sum(found["times"].values())
     cut = source["score_cut"]
     result = {

@@ -27,10 +27,15 @@ def profile_name(family: str, hidden_size: int) -> str:
     return f"{family}-h{hidden_size}"
 
 
-def load_profile(path: str | Path) -> dict:
+def require_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"thresholds file not found: {path}; pass a YAML file written by job=calibrate")
+    return path
+
+
+def load_profile(path: str | Path) -> dict:
+    path = require_file(path)
     try:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as exc:  # noqa: BLE001 — a YAML error is a bad file, said in one line

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from core.store import atomic_write
 
 RESULT_NAME = "result.json"
 TABLE_NAME = "results.parquet"
@@ -126,17 +127,9 @@ def one_type(col: pd.Series) -> pd.Series:
 
 def write_parquet_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write through a temporary file in the same directory and a rename: readers never see half a table."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def summary(df: pd.DataFrame) -> str:

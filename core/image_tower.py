@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, CLIPModel, SiglipModel
 
 from core.encoders import family_of
-from core.loading import ModelLoadError, _first_line, checked_config
+from core.errors import first_line, one_line
+from core.loading import ModelLoadError, checked_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -118,7 +119,7 @@ def load_image_tower(name_or_path: str | os.PathLike, device: str | torch.device
         processor = AutoImageProcessor.from_pretrained(source, backend="pil")
     except Exception as exc:
         raise ModelLoadError(
-            f"no usable image processor in '{source}' ({type(exc).__name__}: {_first_line(exc)}); the checkpoint "
+            f"no usable image processor in '{source}' ({one_line(exc)}); the checkpoint "
             "needs its preprocessor_config.json (save it with image_processor.save_pretrained(dir))"
         ) from None
     try:
@@ -127,7 +128,7 @@ def load_image_tower(name_or_path: str | os.PathLike, device: str | torch.device
         )
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load the {family} two-tower model from '{source}': {type(exc).__name__}: {_first_line(exc)}"
+            f"cannot load the {family} two-tower model from '{source}': {one_line(exc)}"
         ) from None
     # transformers fills missing weights with random values and only warns: a random image tower would
     # silently give meaningless targets, so any missing weight of the parts we use is an error
@@ -149,7 +150,7 @@ def load_rgb(path: Path) -> Image.Image:
             return image.convert("RGB")  # convert() decodes the whole file, so truncation shows up here
     except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, DecompressionBombError, ...
         raise ValueError(
-            f"cannot read image '{path}' ({type(exc).__name__}: {_first_line(exc)}); remove or replace the file"
+            f"cannot read image '{path}' ({one_line(exc)}); remove or replace the file"
         ) from None
 
 
@@ -194,7 +195,7 @@ def coco_pairs(
     try:
         data = json.loads(annotation_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"'{annotation_file}' is not valid JSON ({_first_line(exc)})") from None
+        raise ValueError(f"'{annotation_file}' is not valid JSON ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise ValueError(f"'{annotation_file}' is not a COCO annotation file: the top level must be a JSON object")
     missing = [key for key in ("images", "annotations") if not isinstance(data.get(key), list)]

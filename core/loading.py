@@ -15,6 +15,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer
 
 from core.encoders import TextEncoder, family_of
+from core.errors import one_line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -77,7 +78,7 @@ def checked_config(name_or_path: str | os.PathLike):
     except Exception as exc:
         where = "from the Hugging Face hub (offline or unknown id?)" if is_hub_id(source) else f"in '{source}'"
         raise ModelLoadError(
-            f"cannot read the model config {where}: {type(exc).__name__}: {_first_line(exc)}; "
+            f"cannot read the model config {where}: {one_line(exc)}; "
             "pass a local model directory or check the id"
         ) from None
 
@@ -107,15 +108,10 @@ def load_encoder(
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load the {family.name} text encoder from '{source}': {type(exc).__name__}: {_first_line(exc)}"
+            f"cannot load the {family.name} text encoder from '{source}': {one_line(exc)}"
         ) from None
     model.eval().requires_grad_(False)
     return TextEncoder(model, tokenizer, family).to(device)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def base_source(encoder_cfg, progress: bool = True) -> str:

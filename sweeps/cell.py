@@ -11,7 +11,7 @@ failing cell writes an error result (reason and traceback) and never touches a f
 
 from __future__ import annotations
 
-import logging
+import json
 import shutil
 import time
 import traceback
@@ -22,13 +22,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from amdet.outputs import write_result
 from core.loading import base_source, load_encoder
+from core.errors import one_line
 from core.provenance import config_hash, provenance
+from core.store import read_manifest
 from sweeps.validate import validate
 from sweeps import tracking
 from sweeps.naming import cell_dirname
 
-log = logging.getLogger("amdet")
-KINDS = ("backdoor", "benign")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -38,8 +38,6 @@ def run(cfg: DictConfig) -> dict:
 
 def finished(out: Path) -> dict | None:
     """The cell's result when it is done (status ok), else None."""
-    import json
-
     path = out / "result.json"
     if not path.is_file():
         return None
@@ -109,48 +107,38 @@ def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
     try:
         source = base_source(cfg.encoder, cfg.progress)
         anchor = anchor or load_encoder(source, cfg.device)
-        load_s = time.perf_counter() - t0
         t = time.perf_counter()
-        made = make_model(cfg, model_dir, anchor)
+        make_model(cfg, model_dir, anchor)
         train_s = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 — the cell's record must say it failed, and why
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        write_result(out, {**extra, "status": "error", "phase": "model", "reason": reason,
+        write_result(out, {**extra, "status": "error", "phase": "model", "reason": one_line(exc),
                            "traceback": traceback.format_exc(), "config": OmegaConf.to_container(cfg, resolve=True),
                            "provenance": provenance(), "time_s": round(time.perf_counter() - t0, 2)})
         raise
-    if cfg.cell.kind == "benign":
-        written = made.get("manifests") or [{}]
-        info.update(benign_run=written[0].get("run_id"), benign_step=written[0].get("step"))
+    extra.update(training_record(model_dir, info))
     scan_cfg = cfg.copy()
     with open_dict(scan_cfg):
         scan_cfg.scan.model_path, scan_cfg.scan.anchor_path = str(model_dir), str(source)
-    extra["make"] = {"load_s": round(load_s, 3), "train_s": round(train_s, 3)}
     try:
-        result = scan_to(out, scan_cfg, observe=cfg.cell.observe, anchor=anchor, extra=extra)
+        result = scan_to(out, scan_cfg, observe=cfg.cell.observe, anchor=anchor, extra=extra,
+                         earlier_times={"train_s": round(train_s, 3)})
     finally:
         if not cfg.cell.keep_model:
             for f in model_dir.glob("*.safetensors"):
                 f.unlink()
-    result = attach_training(out, result, model_dir)
     tracking.log_cell(cfg, result, out)
     return result
 
 
-def attach_training(out: Path, result: dict, model_dir: Path) -> dict:
-    """Fold what training measured (attack success, Fig. 2 assimilations, train time) into the result."""
-    from core.store import read_manifest
-
+def training_record(model_dir: Path, info: dict) -> dict:
+    """What making the model measured, from its manifest: attack success and the per-prompt
+    assimilations of clean and triggered prompts (the paper's Fig. 2); a benign model's run and
+    step go into the cell's coordinates (`info`)."""
     manifest = read_manifest(model_dir)
+    if manifest.get("kind") != "backdoor":
+        info.update(benign_run=manifest.get("run_id"), benign_step=manifest.get("step"))
+        return {"attack": None, "assimilation": None}
     metrics = dict(manifest.get("metrics") or {})
-    result["attack"] = metrics if manifest.get("kind") == "backdoor" else None
-    result["assimilation"] = None
-    if result["attack"]:  # per-prompt assimilations of clean and triggered prompts (the paper's Fig. 2)
-        clean = metrics.pop("assimilation_clean_values", [])
-        triggered = [x for b in metrics.get("backdoors", []) for x in b.pop("assimilation_triggered_values", [])]
-        result["assimilation"] = {"clean": clean, "triggered": triggered}
-    result["times"]["train_s"] = result.pop("make")["train_s"] if "make" in result else None
-    if result["cell"]["kind"] == "benign":
-        result["cell"].update(benign_run=manifest.get("run_id"), benign_step=manifest.get("step"))
-    write_result(out, result)
-    return result
+    clean = metrics.pop("assimilation_clean_values", [])
+    triggered = [x for b in metrics.get("backdoors", []) for x in b.pop("assimilation_triggered_values", [])]
+    return {"attack": metrics, "assimilation": {"clean": clean, "triggered": triggered}}

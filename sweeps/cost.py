@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from sweeps.cell import finished
 from sweeps.grid import Cell, compose_config, plan
+from sweeps.validate import validate
 
 COSTS = Path(__file__).with_name("costs.yaml")
 
@@ -52,10 +53,8 @@ def estimate(cells: list[Cell], device: str) -> tuple[dict, dict]:
 
 def print_plan(overrides: list[str]) -> None:
     cfg, scored, calibration = plan(overrides)
-    for cell in (scored + calibration)[:1]:  # one composed cell proves the overrides are valid
-        from sweeps.validate import validate
-
-        validate(compose_config(list(cell.overrides)))
+    if scored + calibration:  # one composed cell proves the overrides are valid
+        validate(compose_config(list((scored + calibration)[0].overrides)))
     kinds = collections.Counter(coordinates(c).get("cell.kind", "backdoor") for c in scored)
     encoders = collections.Counter(coordinates(c).get("encoder", cfg.encoder.name) for c in scored)
     done = sum(1 for c in scored + calibration if finished(c.directory))

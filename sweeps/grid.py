@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from sweeps.naming import cell_dirname  # also registers the resolver the configs use
 
@@ -33,6 +33,14 @@ class Cell:
     @property
     def id(self) -> str:
         return self.directory.name
+
+    def config(self) -> DictConfig:
+        """The cell's composed config. Outside a Hydra run `${hydra:...}` cannot resolve, so the
+        run directory the job config names from it is set to the id, which is known here."""
+        cfg = compose_config(list(self.overrides))
+        with open_dict(cfg):
+            cfg.job.run_dir = self.id
+        return cfg
 
 
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:

@@ -11,9 +11,9 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import open_dict
 from tqdm.auto import tqdm
 
+from core.errors import one_line
 from core.store import write_json_atomic
 from sweeps.cell import finished, run_cell
 from sweeps.grid import Cell, compose_config, plan
@@ -46,9 +46,7 @@ def run_cells(cells: list[Cell], progress: bool, desc: str) -> dict:
     bar = tqdm(todo, desc=desc, disable=not progress, unit="cell")
     for cell in bar:
         bar.set_postfix_str(cell.id[-60:])
-        cfg = compose_config(list(cell.overrides))
-        with open_dict(cfg):  # outside a Hydra run `${hydra:...}` cannot resolve; the id is known here
-            cfg.job.run_dir = cell.id
+        cfg = cell.config()
         key = (cfg.encoder.name, cfg.device)
         try:
             if key not in anchors:  # one frozen base per encoder for all its cells
@@ -58,7 +56,7 @@ def run_cells(cells: list[Cell], progress: bool, desc: str) -> dict:
             run_cell(cell.directory, cfg, cell.id, anchor=anchors[key])
             computed += 1
         except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
-            failures.append({"cell": cell.id, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+            failures.append({"cell": cell.id, "reason": one_line(exc)})
             log.error("cell %s failed: %s", cell.id, failures[-1]["reason"])
     return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
 

@@ -16,9 +16,10 @@ import subprocess
 from pathlib import Path
 
 import submitit
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from sweeps.grid import Cell, compose_config
+from core.errors import first_line, one_line
+from sweeps.grid import Cell
 
 # keys of hydra-submitit-launcher's BaseQueueConf: submitit takes them unprefixed, the rest as slurm_*
 BASE_KEYS = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
@@ -33,23 +34,19 @@ def is_submitit(launcher: DictConfig) -> bool:
 class CellGroup:
     """The cells of one task, run in order; a requeue resumes at the first unfinished one."""
 
-    def __init__(self, cells: list[tuple[list[str], str]]):
+    def __init__(self, cells: list[Cell]):
         self.cells = cells
 
     def __call__(self) -> list[dict]:
         from sweeps.cell import run_cell
 
         statuses = []
-        for overrides, directory in self.cells:
-            cfg = compose_config(overrides)
-            with open_dict(cfg):
-                cfg.job.run_dir = Path(directory).name
+        for cell in self.cells:
             try:
-                result = run_cell(Path(directory), cfg, Path(directory).name)
-                statuses.append({"cell": Path(directory).name, "status": "ok", "verdict": result.get("verdict")})
+                result = run_cell(cell.directory, cell.config(), cell.id)
+                statuses.append({"cell": cell.id, "status": "ok", "verdict": result.get("verdict")})
             except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the task goes on
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                statuses.append({"cell": Path(directory).name, "status": "error", "reason": reason})
+                statuses.append({"cell": cell.id, "status": "error", "reason": one_line(exc)})
         return statuses
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -91,7 +88,7 @@ def submit(cells: list[Cell], launcher: DictConfig, sweep_dir: Path, per_task: i
     for start in range(0, len(groups), limit):
         chunk = groups[start : start + limit]
         with executor.batch():
-            jobs = [executor.submit(CellGroup([(list(c.overrides), str(c.directory)) for c in g])) for g in chunk]
+            jobs = [executor.submit(CellGroup(g)) for g in chunk]
         submitted += list(zip(jobs, chunk))
     return submitted
 
@@ -109,7 +106,7 @@ def run_remote(cells: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -
         try:
             statuses = job.result()
         except Exception as exc:  # noqa: BLE001 — cancelled, killed, node failure: its cells stay missing
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc)
             statuses = [{"cell": c.id, "status": "error", "reason": f"job {job.job_id} {job.state}: {first}"}
                         for c in group if not finished(c.directory)]
         for s in statuses:
