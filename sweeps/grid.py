@@ -59,10 +59,12 @@ def split_sweep_args(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def dirname(job_overrides: list[str], exclude: list[str]) -> str:
-    """The cell's directory name: Hydra's override_dirname (the job's overrides minus excluded
-    keys, sorted, joined by ','), shortened as the config's `cell_dir` resolver does."""
+    """The cell's directory name: Hydra's override_dirname (the job's task overrides — not hydra.*
+    or hydra/ ones, such as launcher settings — minus excluded keys, sorted, joined by ','),
+    shortened as the config's `cell_dir` resolver does."""
     parsed = OverridesParser.create().parse_overrides(list(job_overrides))
-    return cell_dirname(",".join(sorted(o.input_line for o in parsed if o.key_or_group not in exclude)))
+    task = [o for o in parsed if not o.is_hydra_override() and o.key_or_group not in exclude]
+    return cell_dirname(",".join(sorted(o.input_line for o in task)))
 
 
 def expand(params: dict, overrides: list[str]) -> list[list[str]]:

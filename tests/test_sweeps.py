@@ -40,10 +40,12 @@ def test_table1_is_half_backdoored_half_benign_and_a_command_line_override_narro
 
 
 def test_cell_dirs_are_hydras_override_dirname():
-    job = ["seed=3", "encoder=tiny-clip", "experiment=table1", "progress=false", "attack.triggers.length=2"]
+    job = ["seed=3", "encoder=tiny-clip", "experiment=table1", "progress=false", "attack.triggers.length=2",
+           "hydra.launcher.timeout_min=5"]  # a hydra override is not a task override: it never names a cell
     exclude = ["experiment", "progress"]
     ours = dirname(job, exclude)
-    hydra = get_overrides_dirname(OverridesParser.create().parse_overrides(job), exclude, ",", "=")
+    task = job[:-1]  # Hydra computes override_dirname from the task overrides alone
+    hydra = get_overrides_dirname(OverridesParser.create().parse_overrides(task), exclude, ",", "=")
     assert ours == hydra == "attack.triggers.length=2,encoder=tiny-clip,seed=3"
 
 
