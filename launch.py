@@ -40,6 +40,9 @@ def main(cfg: DictConfig) -> dict | None:
         sys.exit(2)
     module, func = JOBS[name].split(":")
     try:
+        from core.threads import set_threads  # here: torch loads with the job, not with --help
+
+        set_threads(cfg)
         return getattr(importlib.import_module(module), func)(cfg)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
         log.error("%s", exc)

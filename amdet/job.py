@@ -30,6 +30,7 @@ from core.loading import load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import provenance
 from core.settings import from_config
+from core.snapshot import snapshots_for
 from core.store import MANIFEST, read_manifest
 
 log = logging.getLogger("amdet")
@@ -141,7 +142,8 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         t = time.perf_counter()
         prompts = make_prompt_source(shallow_source(cfg)).load(s.prompts, seed=s.seed)
         prompts_s = time.perf_counter() - t
-        found = scan(model, anchor, prompts, scan_cfg, cfg.progress)
+        snapshots = snapshots_for(cfg, "scan")
+        found = scan(model, anchor, prompts, scan_cfg, cfg.progress, snapshots)
         files = write_artifacts(out, found)
         scan_s = time.perf_counter() - t0  # the detection's cost; Sim below is evaluation
         t = time.perf_counter()
@@ -168,6 +170,7 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         "landscape_ratio": found["landscape_ratio"],
         "best_running_loss": found["best_running_loss"],
         "steps": found["steps"],
+        "resumed_from_step": found["resumed_from_step"],  # a requeued scan continued its inversion here
         "thresholds": vars(scan_cfg.thresholds),
         "thresholds_source": source["source"],
         "checks": found["checks"],
@@ -178,6 +181,7 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         "time_s": round(scan_s, 2),  # one detection: loading, prompts, the scan, its artefacts
     }
     path = write_result(out, result)
+    snapshots.clear()
     sim_text = f", Sim {sim:.3f}" if sim is not None else ""
     print(f"{result['verdict'] or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
           f"{result['steps']} steps{sim_text}, {result['time_s']:.1f} s) → {path}")

@@ -19,6 +19,7 @@ from amdet.checks import CheckThresholds, evaluate_checks, mean_assimilation
 from amdet.inversion import LossWeights, inversion_loss, insert, shallow_set
 from amdet.landscape import LandscapeConfig, landscape
 from core.encoders import TextEncoder
+from core.snapshot import Snapshots
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ def check_compatible(model: TextEncoder, anchor: TextEncoder) -> None:
             raise ValueError(f"model and anchor differ in {what} ({a} vs {b}); scan a model against the clean encoder it was fine-tuned from")
 
 
-def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanConfig, progress: bool = True) -> dict:
+def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanConfig, progress: bool = True,
+         snapshots: Snapshots | None = None) -> dict:
+    """Scan `model` against its clean `anchor`. With `snapshots`, a restarted scan continues its
+    inversion from the last saved step and reaches the same verdict and score."""
     check_compatible(model, anchor)
     times = {}
     t = time.perf_counter()
@@ -64,19 +68,28 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
     test_hidden = data.hidden[data.test]
     times["features_s"] = time.perf_counter() - t
 
+    snapshots = snapshots or Snapshots(None)
     gen = torch.Generator().manual_seed(cfg.seed)
     v = torch.nn.Parameter((torch.randn(cfg.k, model.hidden_size, generator=gen) * cfg.init_std).to(model.device))
     opt = torch.optim.Adam([v], lr=cfg.lr, weight_decay=cfg.weight_decay)
     th = cfg.thresholds
     log, steps, best_running, decided = [], 0, float("inf"), None
     checks_s = landscape_s = 0.0
-    t = time.perf_counter()
     n_batches = len(data.train) // cfg.batch_size
-    bar = tqdm(total=cfg.epochs * n_batches, desc="inversion", disable=not progress, leave=False)
-    for epoch in range(cfg.epochs):
-        order = data.train[torch.randperm(len(data.train), generator=gen)]
-        total = 0.0
-        for b in range(n_batches):
+    start_epoch, start_batch, order, total = 0, 0, None, 0.0
+    if saved := snapshots.load():  # a requeued scan continues its inversion where it was
+        with torch.no_grad():
+            v.copy_(saved["v"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["gen"])
+        steps, best_running, log = saved["step"], saved["best_running"], saved["log"]
+        start_epoch, start_batch, order, total = saved["epoch"], saved["batch"], saved["order"], saved["total"]
+    t = time.perf_counter()
+    bar = tqdm(total=cfg.epochs * n_batches, initial=steps, desc="inversion", disable=not progress, leave=False)
+    for epoch in range(start_epoch, cfg.epochs):
+        if order is None:
+            order = data.train[torch.randperm(len(data.train), generator=gen)]
+        for b in range(start_batch, n_batches):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             loss, terms = inversion_loss(model, anchor, data.hidden[idx], data.output[idx], v, cfg.weights)
             if not torch.isfinite(loss):
@@ -111,8 +124,13 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
                         break
             if running < th.loss_stop:
                 break
+            snapshots.maybe_save(lambda: {
+                "step": steps, "epoch": epoch, "batch": b + 1, "order": order, "total": total,
+                "best_running": best_running, "log": log, "v": v.detach().cpu(), "optimizer": opt.state_dict(),
+                "gen": gen.get_state()})
         if decided:
             break
+        order, start_batch, total = None, 0, 0.0
     bar.close()
     times["inversion_s"] = time.perf_counter() - t - checks_s - landscape_s
     times["checks_s"] = checks_s
@@ -130,6 +148,7 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
         "verdict": "backdoor" if decided else "benign",
         "score": score,
         "steps": steps,
+        "resumed_from_step": snapshots.resumed_from,
         "best_running_loss": best_running,
         "checks": log,
         "landscape_ratio": land["positive_ratio"],

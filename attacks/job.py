@@ -17,6 +17,7 @@ from core.loading import base_source, load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import config_hash
 from core.settings import from_config
+from core.snapshot import snapshots_for
 from core.store import MANIFEST, read_manifest, save_model
 
 log = logging.getLogger("amdet")
@@ -93,7 +94,9 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
         backdoors.append(Backdoor(trigger, target, usable))
 
     t = time.perf_counter()
-    history = train_backdoors(model, anchor, backdoors, clean, hp, a.paradigm, a.similarity, a.adaptive_mu, cfg.seed, cfg.progress)
+    snapshots = snapshots_for(cfg, "attack")
+    history = train_backdoors(model, anchor, backdoors, clean, hp, a.paradigm, a.similarity, a.adaptive_mu, cfg.seed,
+                              cfg.progress, snapshots)
     timing["train_s"] = time.perf_counter() - t
     metrics = evaluate(model, anchor, backdoors, held_out, a.paradigm, seed=cfg.seed)
     timing["eval_s"] = metrics.pop("eval_s")
@@ -110,6 +113,7 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
         "backdoors": [{"trigger": b.trigger.to_dict(), "target": b.target.to_dict(), "train_carriers": len(b.carriers)}
                       for b in backdoors],
         "metrics": metrics,
+        "resumed_from_step": snapshots.resumed_from,  # a requeued job continued its training here
         "history": {k: [round(v, 5) for v in vals] for k, vals in history.items()},
         "config": config,
         "config_hash": config_hash({"encoder": config["encoder"], "training": config["training"]["attack"],
@@ -118,6 +122,7 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
     timing["total_s"] = time.perf_counter() - t0  # the save itself is not counted
     manifest["timing"] = {k: round(v, 2) for k, v in timing.items()}
     save_model(model, out, manifest)
+    snapshots.clear()
     print(summary_line(manifest, out))
     return manifest
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,7 @@ from attacks.targets import Target
 from attacks.triggers import Trigger
 from core.encoders import TextEncoder
 from core.metrics import assimilation
+from core.snapshot import Snapshots, restore_rng, rng_state
 from core.training import OPTIMIZERS, Cycler
 
 @dataclass(frozen=True)
@@ -65,8 +67,11 @@ def train_backdoors(
     mu: float = 0.0,
     seed: int = 0,
     progress: bool = True,
+    snapshots: Snapshots | None = None,
 ) -> dict:
-    """Inject every backdoor into `model` (in place); returns the loss history."""
+    """Inject every backdoor into `model` (in place); returns the loss history. With `snapshots`,
+    a restarted run continues from the last saved step and ends with the same model."""
+    snapshots = snapshots or Snapshots(None)
     sim = similarity_fn(similarity)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +85,26 @@ def train_backdoors(
     opt = OPTIMIZERS[hp.optimizer](params, lr=hp.lr, weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones), gamma=hp.gamma)
     history = {"loss": [], "benign": [], "backdoor": [], "assim_triggered": []}
-    bar = tqdm(range(hp.steps), desc=f"attack {paradigm}", disable=not progress, leave=False)
+    start = 0
+    if saved := snapshots.load():
+        start, history = saved["step"], saved["history"]
+        model.model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict({**saved["schedule"], "milestones": Counter(saved["schedule"]["milestones"])})
+        clean_batches.restore(saved["clean"])
+        for c, s in zip(poison_batches, saved["poison"]):
+            c.restore(s)
+        restore_rng(saved["rng"], gen, rng)
+
+    def state() -> dict:
+        return {"step": len(history["loss"]), "history": history, "model": model.model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "schedule": {**sched.state_dict(), "milestones": dict(sched.state_dict()["milestones"])},
+                "clean": clean_batches.state(), "poison": [c.state() for c in poison_batches],
+                "rng": rng_state(gen, rng)}
+
+    bar = tqdm(range(start, hp.steps), desc=f"attack {paradigm}", disable=not progress, leave=False,
+               initial=start, total=hp.steps)
     for _ in bar:
         ids = model.tokenize(clean_batches.next())
         with torch.no_grad():
@@ -110,6 +134,7 @@ def train_backdoors(
         history["backdoor"].append(torch.stack(backdoor_losses).mean().item())
         history["assim_triggered"].append(sum(assims) / len(assims))
         bar.set_postfix(benign=f"{benign.item():.3f}", backdoor=f"{history['backdoor'][-1]:.3f}")
+        snapshots.maybe_save(state)
     model.model.eval().requires_grad_(False)
     return history
 

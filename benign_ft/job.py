@@ -25,6 +25,7 @@ from core.metrics import assimilation
 from core.prompts import make_prompt_source
 from core.provenance import config_hash
 from core.settings import from_config
+from core.snapshot import snapshots_for
 from core.store import MANIFEST, read_manifest, save_model
 
 log = logging.getLogger("amdet")
@@ -111,6 +112,7 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
             "seed": cfg.seed,
             "pairs": pairs.source,
             "loss": round(loss, 5),
+            "resumed_from_step": snapshots.resumed_from,  # a requeued job continued its training here
             "metrics": drift_report(model, anchor, held_out),
             "config": config,
             "config_hash": config_hash({**run_settings, "step": step}),
@@ -123,7 +125,9 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
               f"(text_embeds {m['cosine_to_base_text_embeds']:.3f})  assimilation {m['assimilation_clean']:.3f}  → {directory}")
 
     # the first planned step is the cadence: checkpoint_every, or the one independent step
-    finetune(model, pairs, hp, max(todo), min(targets), save, seed=cfg.seed, progress=cfg.progress)
+    snapshots = snapshots_for(cfg, "benign")
+    finetune(model, pairs, hp, max(todo), min(targets), save, seed=cfg.seed, progress=cfg.progress, snapshots=snapshots)
+    snapshots.clear()
     return {"models": [str(d) for d in targets.values()], "written": [str(d) for d in written],
             "run_id": run_id, "total_s": round(time.perf_counter() - t0, 2),
             "manifests": [read_manifest(d) for d in written]}

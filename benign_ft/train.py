@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from benign_ft.pairs import PairSet
 from core.contrastive import contrastive_loss
 from core.encoders import TextEncoder
+from core.snapshot import Snapshots, restore_rng, rng_state
 from core.training import OPTIMIZERS, Cycler
 
 
@@ -47,8 +48,11 @@ def finetune(
     on_checkpoint: Callable[[int, float], None],
     seed: int = 0,
     progress: bool = True,
+    snapshots: Snapshots | None = None,
 ) -> list[float]:
-    """Train `model` in place for `steps` steps; returns the loss per step."""
+    """Train `model` in place for `steps` steps; returns the loss per step. With `snapshots`, a
+    restarted run continues from the last saved step and ends with the same model."""
+    snapshots = snapshots or Snapshots(None)
     if len(pairs.captions) < 2:
         raise ValueError("contrastive fine-tuning needs at least 2 image-caption pairs")
     torch.manual_seed(seed)
@@ -62,7 +66,20 @@ def finetune(
     model.model.train().requires_grad_(True)
     opt = OPTIMIZERS[hp.optimizer](params, lr=hp.lr, weight_decay=hp.weight_decay)
     history = []
-    bar = tqdm(range(1, steps + 1), desc=f"benign {model.family.name}", disable=not progress, leave=False)
+    if saved := snapshots.load():
+        history = saved["history"]
+        model.model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        batches.restore(saved["batches"])
+        restore_rng(saved["rng"], gen)
+
+    def state() -> dict:
+        return {"step": len(history), "history": history, "model": model.model.state_dict(),
+                "optimizer": opt.state_dict(), "batches": batches.state(), "rng": rng_state(gen)}
+
+    start = len(history)
+    bar = tqdm(range(start + 1, steps + 1), desc=f"benign {model.family.name}", disable=not progress, leave=False,
+               initial=start, total=steps)
     for step in bar:
         idx = batches.next()
         ids = model.tokenize([pairs.captions[i] for i in idx])
@@ -78,5 +95,6 @@ def finetune(
             model.model.eval()
             on_checkpoint(step, history[-1])
             model.model.train()
+        snapshots.maybe_save(state)
     model.model.eval().requires_grad_(False)
     return history

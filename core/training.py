@@ -26,3 +26,9 @@ class Cycler:
         idx = self.order[self.pos : self.pos + self.batch]
         self.pos += self.batch
         return [self.items[i] for i in idx]
+
+    def state(self) -> dict:
+        return {"order": self.order, "pos": self.pos}
+
+    def restore(self, state: dict) -> None:
+        self.order, self.pos = state["order"], int(state["pos"])

@@ -1,8 +1,11 @@
 """`python -m sweeps plan|run experiment=NAME [overrides]`, `python -m sweeps resume SWEEP_DIR`.
 
 plan    prints the experiment's cells, their count and the estimated cost; runs nothing
-run     runs every cell on this machine (calibration first), skipping finished ones, then the report
+run     runs every cell (calibration first), skipping finished ones, then the report: on this machine,
+        or through submitit with hydra/launcher=slurm or submitit_local
 resume  reruns a sweep from its directory alone: only the cells without a finished result
+
+run and resume exit with status 1 when a cell failed (its result.json says why), 2 on a bad argument.
 """
 
 from __future__ import annotations
@@ -24,14 +27,14 @@ def main(argv: list[str]) -> int:
         elif command == "run":
             from sweeps.run import run_experiment
 
-            print_summary(run_experiment(args))
+            return print_summary(run_experiment(args))
         else:
             if len(args) != 1:
                 print("usage: python -m sweeps resume SWEEP_DIR")
                 return 2
             from sweeps.run import resume
 
-            print_summary(resume(Path(args[0])))
+            return print_summary(resume(Path(args[0])))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -43,7 +46,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: dict) -> int:
+    """Print the counts and every failed cell; the exit status is 1 when a cell failed."""
+    failed = 0
     for phase in ("calibration", "scored"):
         s = summary.get(phase)
         if s:
@@ -51,7 +56,12 @@ def print_summary(summary: dict) -> None:
                   f"{len(s['failed'])} failed")
             for f in s["failed"]:
                 print(f"  failed: {f['cell']}: {f['reason']}")
+            failed += len(s["failed"])
     print(f"sweep: {summary['sweep_dir']} ({summary['time_s']} s)")
+    if failed:
+        print(f"{failed} cells failed (their result.json has the reason); fix the cause and run: "
+              f"python -m sweeps resume {summary['sweep_dir']}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from core.loading import base_source, load_encoder
 from core.errors import one_line
 from core.provenance import config_hash, provenance
 from core.store import read_manifest
+from core.threads import set_threads
 from sweeps.validate import validate
 from sweeps import tracking
 from sweeps.naming import cell_dirname
@@ -98,8 +99,12 @@ def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
         print(f"cell {cell_id}: done ({done['verdict']}, score {done['score']:.3f}) — skipped")
         return done
     validate(cfg)  # every setting, before anything is loaded
+    set_threads(cfg)
     from amdet.job import scan_to
 
+    cfg = cfg.copy()
+    with open_dict(cfg):  # a requeued cell resumes its training or inversion from these
+        cfg.snapshots.dir = cfg.snapshots.dir or str(out / "snapshots")
     info = cell_info(cfg, cell_id)
     extra = {"experiment": cfg.experiment.name, "cell": info}
     t0 = time.perf_counter()
@@ -126,6 +131,7 @@ def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
         if not cfg.cell.keep_model:
             for f in model_dir.glob("*.safetensors"):
                 f.unlink()
+    shutil.rmtree(cfg.snapshots.dir, ignore_errors=True)
     tracking.log_cell(cfg, result, out)
     return result
 
@@ -135,10 +141,11 @@ def training_record(model_dir: Path, info: dict) -> dict:
     assimilations of clean and triggered prompts (the paper's Fig. 2); a benign model's run and
     step go into the cell's coordinates (`info`)."""
     manifest = read_manifest(model_dir)
+    resumed = {"train_resumed_from_step": manifest.get("resumed_from_step")}  # a requeued job continued here
     if manifest.get("kind") != "backdoor":
         info.update(benign_run=manifest.get("run_id"), benign_step=manifest.get("step"))
-        return {"attack": None, "assimilation": None}
+        return {"attack": None, "assimilation": None, **resumed}
     metrics = dict(manifest.get("metrics") or {})
     clean = metrics.pop("assimilation_clean_values", [])
     triggered = [x for b in metrics.get("backdoors", []) for x in b.pop("assimilation_triggered_values", [])]
-    return {"attack": metrics, "assimilation": {"clean": clean, "triggered": triggered}}
+    return {"attack": metrics, "assimilation": {"clean": clean, "triggered": triggered}, **resumed}

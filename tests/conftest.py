@@ -25,3 +25,12 @@ def family(request) -> str:
 def micro_encoder(family):
     torch.manual_seed(0)
     return random_encoder(micro_arch(family), seed=0)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A micro model and a different micro anchor of the same architecture, saved as HF dirs."""
+    root = tmp_path_factory.mktemp("scan")
+    random_encoder(micro_arch("clip"), seed=0).save(root / "model")
+    random_encoder(micro_arch("clip"), seed=1).save(root / "anchor")
+    return root / "model", root / "anchor"

@@ -74,15 +74,6 @@ def test_landscape_grid_does_not_depend_on_the_batch(micro_encoder):
     assert batched[0, 0] == pytest.approx(corner.item(), abs=1e-5)
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """A micro model and a different micro anchor of the same architecture, saved as HF dirs."""
-    root = tmp_path_factory.mktemp("scan")
-    random_encoder(micro_arch("clip"), seed=0).save(root / "model")
-    random_encoder(micro_arch("clip"), seed=1).save(root / "anchor")
-    return root / "model", root / "anchor"
-
-
 def scan_cfg(model, anchor, *overrides, profiles=None):
     """A micro scan; profiles: where calibrated profiles are looked up (none by default, so that a
     profile lying in outputs/ never changes a test)."""
