@@ -1,6 +1,8 @@
-"""`python -m sweeps plan|run experiment=NAME [overrides]`, `python -m sweeps resume SWEEP_DIR`.
+"""`python -m sweeps plan|measure|run experiment=NAME [overrides]`, `python -m sweeps resume SWEEP_DIR`.
 
 plan    prints the experiment's cells, their count and the estimated cost; runs nothing
+measure runs one cell per encoder and kind (with the chosen launcher and device), then prints the
+        plan costed with their measured times; the cells are the sweep's own, kept as done
 run     runs every cell (calibration first), skipping finished ones, then the report: on this machine,
         or through submitit with hydra/launcher=slurm or submitit_local
 resume  reruns a sweep from its directory alone: only the cells without a finished result
@@ -15,7 +17,7 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("plan", "run", "resume"):
+    if not argv or argv[0] not in ("plan", "measure", "run", "resume"):
         print(__doc__.strip())
         return 2
     command, args = argv[0], argv[1:]
@@ -24,6 +26,10 @@ def main(argv: list[str]) -> int:
             from sweeps.cost import print_plan
 
             print_plan(args)
+        elif command == "measure":
+            from sweeps.cost import measure
+
+            return print_summary(measure(args), phases=("probes",))
         elif command == "run":
             from sweeps.run import run_experiment
 
@@ -46,10 +52,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def print_summary(summary: dict) -> int:
+def print_summary(summary: dict, phases=("calibration", "scored")) -> int:
     """Print the counts and every failed cell; the exit status is 1 when a cell failed."""
     failed = 0
-    for phase in ("calibration", "scored"):
+    for phase in phases:
         s = summary.get(phase)
         if s:
             print(f"{phase}: {s['cells']} cells, {s['computed']} computed, {s['skipped']} already done, "
@@ -58,7 +64,7 @@ def print_summary(summary: dict) -> int:
                 print(f"  failed: {f['cell']}: {f['reason']}")
             failed += len(s["failed"])
     print(f"sweep: {summary['sweep_dir']} ({summary['time_s']} s)")
-    if failed:
+    if failed and "scored" in phases:
         print(f"{failed} cells failed (their result.json has the reason); fix the cause and run: "
               f"python -m sweeps resume {summary['sweep_dir']}")
     return 1 if failed else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -18,18 +19,27 @@ def coordinates(cell: Cell) -> dict:
     return dict(o.split("=", 1) for o in cell.overrides if "=" in o)
 
 
+def hardware_of(result: dict) -> str:
+    """Where a finished cell ran: the GPU's name, or the CPU threads it computed with."""
+    hw, device = result.get("provenance", {}).get("hardware", {}), str(result.get("config", {}).get("device", "cpu"))
+    if device.startswith("cuda") and hw.get("gpu"):
+        return f"gpu: {hw['gpu']}"
+    return f"cpu: {hw.get('torch_threads', '?')} threads"
+
+
 def measured_seconds(cells: list[Cell]) -> dict:
-    """Mean seconds per (encoder, kind) over the finished cells (training + scan)."""
-    sums = collections.defaultdict(list)
+    """(encoder, kind) → (mean seconds per finished cell: training + scan, cells measured, hardware)."""
+    runs = collections.defaultdict(list)
     for cell in cells:
         r = finished(cell.directory)
         if r:
-            sums[(r["cell"]["encoder"], r["cell"]["kind"])].append((r["times"].get("train_s") or 0) + r["time_s"])
-    return {k: sum(v) / len(v) for k, v in sums.items()}
+            runs[(r["cell"]["encoder"], r["cell"]["kind"])].append(((r["times"].get("train_s") or 0) + r["time_s"], hardware_of(r)))
+    return {k: (sum(s for s, _ in v) / len(v), len(v), ", ".join(sorted({h for _, h in v}))) for k, v in runs.items()}
 
 
 def estimate(cells: list[Cell], device: str) -> tuple[dict, dict]:
-    """Seconds of the cells not yet done per hardware (cpu / gpu), and the per-cell seconds used.
+    """Seconds of the cells not yet done per hardware (cpu / gpu), and the per-cell seconds used
+    with where they come from: this sweep's finished cells (measured), else sweeps/costs.yaml.
 
     Tiny encoders are costed on this machine's CPU; the paper's encoders on a GPU (they need one)."""
     tables = OmegaConf.to_container(OmegaConf.load(COSTS))
@@ -41,14 +51,47 @@ def estimate(cells: list[Cell], device: str) -> tuple[dict, dict]:
         c = coordinates(cell)
         encoder = c.get("encoder") or compose_config(list(cell.overrides)).encoder.name
         kind = c.get("cell.kind", "backdoor")
-        hardware = "cpu" if encoder in tables["cpu"] and not device.startswith("cuda") else "gpu"
-        table = tables[hardware]
-        per = measured.get((encoder, kind)) or table.get(encoder, {}).get(kind)
-        if per is None:
-            per = max(v for e in table.values() for v in e.values())  # unknown: the dearest known cell
-        used[(encoder, kind)] = per
+        if (encoder, kind) in measured:
+            per, n, where = measured[(encoder, kind)]
+            hardware, source = where.split(":")[0], f"measured: {n} cells, {where}"
+        else:
+            hardware = "cpu" if encoder in tables["cpu"] and not device.startswith("cuda") else "gpu"
+            table = tables[hardware]
+            per, source = table.get(encoder, {}).get(kind), "sweeps/costs.yaml"
+            if per is None:
+                per = max(v for e in table.values() for v in e.values())  # unknown: the dearest known cell
+        used[(encoder, kind)] = (per, source)
         total[hardware] += per
     return dict(total), used
+
+
+def probe_cells(scored: list[Cell], calibration: list[Cell]) -> list[Cell]:
+    """One unfinished cell per (encoder, kind) to time the sweep's own cells on the chosen hardware.
+    They are cells of the sweep (nothing is wasted): calibration cells when it has them (observing
+    scans never stop early, so the estimate errs on the dear side), else scored cells (no profile to
+    wait for)."""
+    probes, seen = [], set()
+    for cell in calibration or scored:
+        c = coordinates(cell)
+        key = (c.get("encoder"), c.get("cell.kind", "backdoor"))
+        if key not in seen and not finished(cell.directory):
+            seen.add(key)
+            probes.append(cell)
+    return probes
+
+
+def measure(overrides: list[str], progress: bool = True) -> dict:
+    """Run the probe cells with the chosen launcher and device (e.g. on the GPU partition), then
+    print the plan costed with their times."""
+    from sweeps.run import check_all, run_phase
+
+    cfg, scored, calibration = plan(overrides)
+    probes = probe_cells(scored, calibration)
+    check_all(probes)
+    t0 = time.perf_counter()
+    summary = run_phase(probes, cfg, Path(cfg.hydra.sweep.dir), progress, "probe cells")
+    print_plan(overrides)
+    return {"probes": summary, "sweep_dir": cfg.hydra.sweep.dir, "time_s": round(time.perf_counter() - t0, 1)}
 
 
 def print_plan(overrides: list[str]) -> None:
@@ -64,7 +107,11 @@ def print_plan(overrides: list[str]) -> None:
     print(f"  sweep dir: {cfg.hydra.sweep.dir} ({done} cells already done)")
     total, used = estimate(scored + calibration, cfg.device)
     hours = ", ".join(f"{s / 3600:.1f} {hw.upper()}-hours" for hw, s in sorted(total.items())) or "nothing"
-    print(f"  estimated cost of what is left: {hours}  (per cell: "
-          + ", ".join(f"{e}/{k} {s:.0f} s" for (e, k), s in sorted(used.items())) + ")")
+    print(f"  estimated cost of what is left: {hours}")
+    for (e, k), (s, source) in sorted(used.items()):
+        print(f"    {e}/{k}: {s:.0f} s per cell ({source})")
+    if any(source == "sweeps/costs.yaml" for _, source in used.values()):
+        print("  table values are estimates: `python -m sweeps measure <these overrides>` (with your launcher "
+              "and device) times one cell per encoder and kind on that hardware")
     for cell in scored[:3]:
         print(f"  e.g. {cell.id}")

@@ -130,3 +130,15 @@ def test_submitit_local_runs_the_same_cells_to_the_same_results(study, tmp_path)
     assert here.keys() == there.keys()
     for name, r in here.items():
         assert (there[name]["verdict"], there[name]["score"]) == (r["verdict"], r["score"]), name
+
+
+def test_measure_times_one_cell_per_encoder_and_kind_and_plan_costs_with_it(tmp_path, capsys):
+    overrides = [*MICRO_STUDY, f"paths.output_dir={tmp_path}", "seed=0,1"]
+    assert sweeps_main(["plan", *overrides]) == 0
+    assert "tiny-clip/backdoor: 85 s per cell (sweeps/costs.yaml)" in capsys.readouterr().out
+    assert sweeps_main(["measure", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "probes: 2 cells, 2 computed" in out, out  # one calibration cell of each kind, kept as done
+    assert "(measured: 1 cells, cpu:" in out and "sweeps/costs.yaml" not in out.split("estimated cost")[1]
+    done = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/result.json")]
+    assert sorted(r["cell"]["kind"] for r in done) == ["backdoor", "benign"] and all(r["cell"]["observe"] for r in done)
