@@ -142,3 +142,18 @@ def test_measure_times_one_cell_per_encoder_and_kind_and_plan_costs_with_it(tmp_
     assert "(measured: 1 cells, cpu:" in out and "sweeps/costs.yaml" not in out.split("estimated cost")[1]
     done = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/result.json")]
     assert sorted(r["cell"]["kind"] for r in done) == ["backdoor", "benign"] and all(r["cell"]["observe"] for r in done)
+
+
+def test_a_sweep_summary_run_carries_the_tables_offline(tmp_path):
+    """The wandb summary run of a sweep: offline, in the sweep dir, with each table's rows."""
+    import pandas as pd
+
+    from sweeps.tracking import log_sweep
+    from tests.helpers import compose_config
+
+    cfg = compose_config("experiment=embedded", "wandb.mode=offline")
+    table1 = pd.DataFrame({"encoder": ["tiny-clip"], "paradigm": ["Average"], "F1": [0.875]}).set_index("encoder")
+    log_sweep(cfg, tmp_path, {"table1": table1}, [])
+    (stored,) = tmp_path.glob("wandb/offline-run-*/files/media/table/table1_*.table.json")
+    data = json.loads(stored.read_text())
+    assert data["columns"] == ["encoder", "paradigm", "F1"] and data["data"] == [["tiny-clip", "Average", 0.875]]
