@@ -24,13 +24,14 @@ log = logging.getLogger("amdet")
 
 
 class Snapshots:
-    """One loop's snapshot file. `Snapshots(None)` is the switched-off kind: it never saves or loads."""
+    """One loop's snapshot file. `Snapshots(None)` is the switched-off kind: it never saves or loads.
+    `key` names the settings the state belongs to: a snapshot saved under other settings is ignored."""
 
-    def __init__(self, path: str | Path | None, every_s: float = 300.0):
+    def __init__(self, path: str | Path | None, every_s: float = 300.0, key: str = ""):
         if every_s < 0:
             raise ValueError(f"snapshots.every_s must be ≥ 0 (0 = after every step), got {every_s}")
         self.path = Path(path) if path else None
-        self.every_s = every_s
+        self.every_s, self.key = every_s, key
         self.last = time.monotonic()
         self.resumed_from: int | None = None  # the step a restarted loop continued from
 
@@ -43,6 +44,9 @@ class Snapshots:
         except Exception as exc:  # noqa: BLE001 — a snapshot is a shortcut; without it the loop starts over
             log.warning("ignoring unreadable snapshot %s (%s); starting from step 0", self.path, exc)
             return None
+        if state.get("key") != self.key:
+            log.warning("ignoring snapshot %s: saved under other settings; starting from step 0", self.path)
+            return None
         self.resumed_from = int(state["step"])
         log.info("resuming from the snapshot at step %d: %s", self.resumed_from, self.path)
         return state
@@ -54,7 +58,7 @@ class Snapshots:
 
     def save(self, state: dict) -> None:
         with atomic_write(self.path) as tmp:
-            torch.save(state, tmp)
+            torch.save({**state, "key": self.key}, tmp)
         self.last = time.monotonic()
 
     def clear(self) -> None:
@@ -62,12 +66,24 @@ class Snapshots:
             self.path.unlink(missing_ok=True)
 
 
+# what may change between a run and its resumption: how it is shown, where it computes, and the job
+# block (where it writes; a standalone job's run dir is a timestamp)
+VOLATILE = ("snapshots", "progress", "wandb", "threads", "device", "job")
+
+
 def snapshots_for(cfg, phase: str) -> Snapshots:
-    """The snapshots of one phase of a job (`snapshots.dir`/<phase>.pt), or switched off when the
-    job has no snapshot dir (standalone jobs; a sweep's cell sets it to its own directory)."""
+    """The snapshots of one phase of a job (`snapshots.dir`/<phase>.pt), keyed by the job's settings,
+    or switched off when the job has no snapshot dir (standalone jobs; a sweep's cell sets it)."""
+    from omegaconf import OmegaConf
+
+    from core.provenance import config_hash
+
     s = cfg.get("snapshots") or {}
     directory = s.get("dir")
-    return Snapshots(Path(directory) / f"{phase}.pt" if directory else None, float(s.get("every_s", 300.0)))
+    if not directory:
+        return Snapshots(None)
+    settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in VOLATILE}
+    return Snapshots(Path(directory) / f"{phase}.pt", float(s.get("every_s", 300.0)), key=config_hash(settings))
 
 
 def rng_state(gen: torch.Generator | None = None, py: random.Random | None = None) -> dict:

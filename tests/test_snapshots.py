@@ -52,10 +52,13 @@ def test_snapshots_are_off_without_a_path_and_reject_a_negative_cadence(tmp_path
         Snapshots(tmp_path / "s.pt", every_s=-1)
 
 
-def test_an_unreadable_snapshot_means_starting_over(tmp_path):
+def test_an_unreadable_snapshot_or_one_of_other_settings_means_starting_over(tmp_path):
     (tmp_path / "s.pt").write_bytes(b"not a torch file")
-    snaps = Snapshots(tmp_path / "s.pt", every_s=0)
+    snaps = Snapshots(tmp_path / "s.pt", every_s=0, key="a")
     assert snaps.load() is None and snaps.resumed_from is None
+    snaps.save({"step": 3})
+    assert Snapshots(tmp_path / "s.pt", key="b").load() is None
+    assert Snapshots(tmp_path / "s.pt", key="a").load()["step"] == 3
 
 
 def test_an_attack_killed_midway_resumes_to_the_same_model(tmp_path, preempt_after):
