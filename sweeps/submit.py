@@ -79,11 +79,13 @@ def executor_for(launcher: DictConfig, sweep_dir: Path) -> submitit.AutoExecutor
     return executor
 
 
-def submit(cells: list[Cell], launcher: DictConfig, sweep_dir: Path, per_task: int) -> list[tuple[submitit.Job, list[Cell]]]:
-    """Submit the cells, `per_task` to a task, in arrays no larger than the cluster allows."""
+def submit(cells: list[Cell], launcher: DictConfig, sweep_dir: Path, per_task: int,
+           array_limit: int | None = None) -> list[tuple[submitit.Job, list[Cell]]]:
+    """Submit the cells, `per_task` to a task, in arrays of at most `array_limit` tasks (default: as
+    large as the cluster's MaxArraySize allows)."""
     executor = executor_for(launcher, sweep_dir)
     groups = [cells[i : i + per_task] for i in range(0, len(cells), per_task)]
-    limit = max_array_size() - 1 if executor.cluster == "slurm" else len(groups) or 1
+    limit = array_limit or (max_array_size() - 1 if executor.cluster == "slurm" else len(groups) or 1)
     submitted = []
     for start in range(0, len(groups), limit):
         chunk = groups[start : start + limit]
@@ -100,8 +102,10 @@ def run_remote(cells: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -
     todo = [c for c in cells if not finished(c.directory)]
     per_task = int(cfg.experiment.get("cells_per_task") or 1)
     failures, computed = [], 0
-    submitted = submit(todo, cfg.hydra.launcher, sweep_dir, per_task) if todo else []
-    print(f"{desc}: {len(todo)} cells in {len(submitted)} tasks submitted ({per_task} per task)")
+    limit = cfg.experiment.get("array_tasks")
+    submitted = submit(todo, cfg.hydra.launcher, sweep_dir, per_task, limit) if todo else []
+    arrays = len({job.job_id.split("_")[0] for job, _ in submitted})
+    print(f"{desc}: {len(todo)} cells in {len(submitted)} tasks submitted ({per_task} per task, {arrays} arrays)")
     for job, group in submitted:
         try:
             statuses = job.result()

@@ -34,3 +34,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("prompts", "seed"):
         if OmegaConf.select(cfg, f"scan.{key}") is None:
             raise ValueError(f"scan.{key} must be set")
+    for key in ("cells_per_task", "array_tasks"):  # how a sweep is packed into Slurm tasks and arrays
+        value = cfg.experiment.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"experiment.{key} must be a positive number of {'cells' if key == 'cells_per_task' else 'tasks'}, got {value}")
+    if cfg.snapshots.every_s < 0:
+        raise ValueError(f"snapshots.every_s must be ≥ 0 (0 = after every step), got {cfg.snapshots.every_s}")

@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GRID = [o for o in MICRO_STUDY if not o.startswith(("attack.triggers.length=", "seed="))] + [
     "attack.triggers.length=1,2", "seed=0,1"]
 # a Slurm task computes with its CPUs' threads (1 here); bit-identical scores need the same count locally
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=1", "hydra.launcher.cpus_per_task=1"]
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=1", "hydra.launcher.cpus_per_task=1",
+         "experiment.array_tasks=5"]  # the 8 scored cells go out as two arrays, 5 + 3 tasks
 
 
 def sweeps_cli(*args: str) -> subprocess.Popen:
@@ -95,7 +96,7 @@ def test_a_slurm_sweep_reports_failures_resumes_the_gaps_and_matches_the_local_o
     (broken.directory / "model" / "model.safetensors").write_bytes(b"\x00" * 64)
 
     proc = sweeps_cli("run", *GRID, f"paths.output_dir={slurm_out}", *SLURM)
-    cancelled = cancel_a_running_task(proc, tasks=8)
+    cancelled = cancel_a_running_task(proc, tasks=5)  # in the first array of the scored cells
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1, output  # cells failed: exit status 1, the summary lists them
     sweep_dir = slurm_out / "sweeps" / "embedded"
@@ -106,6 +107,7 @@ def test_a_slurm_sweep_reports_failures_resumes_the_gaps_and_matches_the_local_o
     (gone, reason), = failed.items()
     assert f"job {cancelled}" in reason and "CANCELLED" in reason, reason
     assert f"failed: {broken.id}" in output and "python -m sweeps resume" in output
+    assert "cells: 8 cells in 8 tasks submitted (1 per task, 2 arrays)" in output, output
 
     # the results store has both, the raising one with its traceback; no half-written result anywhere
     subprocess.run([sys.executable, "-m", "analyze", "collect", str(sweep_dir)], cwd=ROOT, check=True)

@@ -54,6 +54,8 @@ def test_cell_dirs_are_hydras_override_dirname():
     ("training.attack.steps=-5", "training.attack.steps"),
     ("cell.kind=sideways", "cell.kind"),
     ("encoder=no-such-encoder", "encoder"),
+    ("experiment.array_tasks=0", "experiment.array_tasks"),
+    ("experiment.cells_per_task=-1", "experiment.cells_per_task"),
 ])
 def test_malformed_overrides_fail_before_any_cell_with_the_key_named(override, key, capsys, tmp_path):
     code = sweeps_main(["run", "experiment=embedded", f"paths.output_dir={tmp_path}", override])
