@@ -42,6 +42,10 @@ def report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
 
     t1 = tables.table1(df, n_boot, seed)
     sections.append(("Table I: detection per encoder × paradigm", "table1", t1, table1_display(t1)))
+    cut = tables.score_cut(df, n_boot, seed)
+    if cut is not None:
+        sections.append(("The calibrated score cut as the decision (score > cut ⇒ backdoor; not AMDET's verdict)",
+                         "score_cut", cut, render.metric_display(cut, {"encoder": "Encoder", "paradigm": "Paradigm"})))
     for exp in sorted(df["experiment"].dropna().unique()):
         tab, rest = tables.ablation(df, exp, n_boot, seed)
         if tab is None:

@@ -131,6 +131,15 @@ def table1(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     return pd.concat([tab, average_row(df, tab, reps)], ignore_index=True)
 
 
+def score_cut(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame | None:
+    """P/R/F1 per encoder × paradigm if the calibrated score cut decided instead of AMDET's checks
+    (`score_verdict`: score > cut ⇒ backdoor) — another operating point of the continuous score."""
+    cut = df[df["score_verdict"].notna()] if "score_verdict" in df else df.iloc[:0]
+    if finished(cut).empty:
+        return None
+    return metric_table(cut.assign(verdict=cut["score_verdict"]), ["encoder", "paradigm"], n_boot, seed)[0]
+
+
 def average_row(df: pd.DataFrame, tab: pd.DataFrame, reps: dict) -> pd.DataFrame:
     """The paper's Average: the mean of the rows for P/R/F1/Sim (it matches Table I that way), but
     the time over all scans pooled (its 335.88 s is not the mean of the rows)."""

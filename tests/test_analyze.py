@@ -213,3 +213,16 @@ def test_a_benign_model_with_a_paradigm_slot_is_a_negative_of_that_row_only():
 def test_nested_lists_are_kept_as_json():
     row = flatten({"attack": {"asr": 1.0, "backdoors": [{"trigger": "kz"}]}, "truth": {"sims": [0.9, None]}})
     assert json.loads(row["attack_backdoors"]) == [{"trigger": "kz"}] and row["truth_sims"] == "0.9; None"
+
+
+def test_the_score_cut_operating_point_is_its_own_table(tmp_path):
+    """With score_verdict recorded, the report adds P/R/F1 of the calibrated cut next to Table I's AMDET verdicts."""
+    root = confusion_sweep(tmp_path, tp=2, fn=2, fp=0, tn=4)  # AMDET misses 2 backdoors
+    for path in root.rglob("result.json"):
+        r = json.loads(path.read_text())
+        r["score_verdict"] = "backdoor" if r["score"] > 0.5 else "benign"  # every backdoor scores above 1.0
+        path.write_text(json.dumps(r))
+    tabs = report(root, n_boot=50)
+    assert tabs["table1"].iloc[0]["R"] == pytest.approx(50.0)
+    assert tabs["score_cut"].iloc[0][["P", "R", "F1"]].tolist() == pytest.approx([100.0, 100.0, 100.0])
+    assert "score_cut" not in report(confusion_sweep(tmp_path / "no_cut"), n_boot=50)
