@@ -23,15 +23,19 @@ from core.store import atomic_write
 log = logging.getLogger("amdet")
 
 
+def check_every_s(every_s: float) -> float:
+    if every_s < 0:
+        raise ValueError(f"snapshots.every_s must be ≥ 0 (0 = after every step), got {every_s}")
+    return every_s
+
+
 class Snapshots:
     """One loop's snapshot file. `Snapshots(None)` is the switched-off kind: it never saves or loads.
     `key` names the settings the state belongs to: a snapshot saved under other settings is ignored."""
 
     def __init__(self, path: str | Path | None, every_s: float = 300.0, key: str = ""):
-        if every_s < 0:
-            raise ValueError(f"snapshots.every_s must be ≥ 0 (0 = after every step), got {every_s}")
         self.path = Path(path) if path else None
-        self.every_s, self.key = every_s, key
+        self.every_s, self.key = check_every_s(every_s), key
         self.last = time.monotonic()
         self.resumed_from: int | None = None  # the step a restarted loop continued from
 

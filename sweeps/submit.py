@@ -111,9 +111,7 @@ def run_remote(cells: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -
             statuses = job.result()
         except Exception as exc:  # noqa: BLE001 — cancelled, killed, node failure: its cells stay missing
             reason = f"job {job.job_id} {job.state}: {first_line(exc)}"
-            statuses = [{"cell": c.id, "status": "error", "reason": reason} for c in group if not finished(c.directory)]
-            for c in group:
-                record_dead(c, reason)
+            statuses = [{"cell": c.id, "status": "error", "reason": reason} for c in group if record_dead(c, reason)]
         for s in statuses:
             if s["status"] == "ok":
                 computed += 1
@@ -122,15 +120,16 @@ def run_remote(cells: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -
     return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
 
 
-def record_dead(cell: Cell, reason: str) -> None:
+def record_dead(cell: Cell, reason: str) -> bool:
     """An error result for a cell whose task died before finishing it (cancelled, killed at its time
     limit, node failure), so that the results store and the report list it; resume redoes it. A
-    finished result is never touched."""
+    finished result is never touched (returns False)."""
     from amdet.outputs import write_result
     from sweeps.cell import cell_info, finished
 
     if finished(cell.directory):
-        return
+        return False
     cfg = cell.config()
     write_result(cell.directory, {"status": "error", "phase": "job", "reason": reason, "experiment": cfg.experiment.name,
                                   "cell": cell_info(cfg, cell.id), "config": OmegaConf.to_container(cfg, resolve=True)})
+    return True

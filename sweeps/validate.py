@@ -15,6 +15,7 @@ def validate(cfg: DictConfig) -> None:
     from attacks.targets import check_paradigm
     from attacks.triggers import check_trigger_config
     from benign_ft.job import hparams as benign_hparams
+    from core.snapshot import check_every_s
 
     if cfg.cell.kind not in KINDS:
         raise ValueError(f"unknown cell.kind '{cfg.cell.kind}'; choose one of {', '.join(KINDS)}")
@@ -38,5 +39,4 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.experiment.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"experiment.{key} must be a positive number of {'cells' if key == 'cells_per_task' else 'tasks'}, got {value}")
-    if cfg.snapshots.every_s < 0:
-        raise ValueError(f"snapshots.every_s must be ≥ 0 (0 = after every step), got {cfg.snapshots.every_s}")
+    check_every_s(cfg.snapshots.every_s)
