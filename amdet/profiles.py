@@ -2,9 +2,9 @@
 
 A profile is a YAML file written by `job=calibrate`:
 
-    profile: clip-h128          # <family>-h<hidden size>
+    profile: clip-h96           # <family>-h<hidden size>
     family: clip
-    hidden_size: 128
+    hidden_size: 96
     checks: {assim_ratio: ..., same_ratio: ..., ..., loss_start: ..., loss_stop: ...}
     score_cut: 0.66             # score > cut ⇒ backdoor, for a verdict from the continuous score
     calibration: {models: [{path, kind, config_hash}, ...], fit: {...}, scan: {...}}

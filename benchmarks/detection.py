@@ -60,7 +60,7 @@ def main() -> None:
     train_s = time.perf_counter() - t0
 
     t = time.perf_counter()
-    profile_path = out / "profiles" / "clip-h128.yaml"
+    profile_path = out / "profiles" / "clip-h96.yaml"
     if not profile_path.exists():
         calibrate_to(out / "calibrate", compose("job=calibrate", f"job.models_dir={out / 'calibration'}", *scan_common))
     calibrate_s = time.perf_counter() - t

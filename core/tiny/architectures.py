@@ -13,13 +13,17 @@ from core.tiny.tokenizer import clip_tokenizer, clip_vocab_and_merges
 
 @dataclass(frozen=True)
 class TinyArch:
-    """Size of a tiny encoder. Defaults: hidden 128, 4 layers — 7 M parameters, 6.3 M of them embeddings."""
+    """Size of a tiny encoder. Defaults: hidden 96, 8 layers — 5.7 M parameters, 4.7 M of them embeddings.
+
+    Depth matters more than width here: at 4 layers a Text-on-Pair backdoor (which constrains only the
+    pooled output) stays local to the end-of-text position and does not assimilate the prompt, the
+    premise the detector relies on; at 8 layers it does (README, "The embedded tiny world")."""
 
     family: str = "clip"  # clip | longclip | siglip
-    hidden: int = 128
-    layers: int = 4
+    hidden: int = 96
+    layers: int = 8
     heads: int = 4
-    ffn: int = 512
+    ffn: int = 384
     max_length: int = 77  # 77 CLIP, 248 LongCLIP, 64 SigLIP
     projection_dim: int = 384  # = the paired tower's embedding size (MiniLM)
 
