@@ -48,6 +48,7 @@ def main() -> None:
 
     from amdet.calibrate import calibrate_to
     from amdet.job import scan_to
+    from amdet.profiles import profile_name
     from core.tiny.bases import base_path
 
     out = Path(args.out)
@@ -60,7 +61,8 @@ def main() -> None:
     train_s = time.perf_counter() - t0
 
     t = time.perf_counter()
-    profile_path = out / "profiles" / "clip-h96.yaml"
+    encoder = compose(*common).encoder  # the profile calibrate_to writes is named by the base's family and width
+    profile_path = out / "profiles" / f"{profile_name(encoder.family, encoder.tiny.arch.hidden)}.yaml"
     if not profile_path.exists():
         calibrate_to(out / "calibrate", compose("job=calibrate", f"job.models_dir={out / 'calibration'}", *scan_common))
     calibrate_s = time.perf_counter() - t
