@@ -36,11 +36,12 @@ class CheckThresholds:
 
 @torch.no_grad()
 def evaluate_checks(
-    model: TextEncoder, anchor: TextEncoder, hidden: torch.Tensor, v: torch.Tensor, t: CheckThresholds, batch: int = 200
+    model: TextEncoder, anchor: TextEncoder, hidden: torch.Tensor, v: torch.Tensor, t: CheckThresholds,
+    batch: int | None = None,
 ) -> dict:
     """Every check's statistic and pass/fail on the test prompts' embeddings `hidden` [N, L, D]."""
     assim, same, diff_cos = [], [], []
-    reference = None
+    reference, batch = None, batch or model.rows_per_pass
     for i in range(0, len(hidden), batch):
         h_v = insert(hidden[i : i + batch], v, model.insert_position)
         out = model.encode(h_v)
@@ -66,9 +67,10 @@ def evaluate_checks(
 
 
 @torch.no_grad()
-def mean_assimilation(model: TextEncoder, hidden: torch.Tensor, v: torch.Tensor, batch: int = 200) -> float:
+def mean_assimilation(model: TextEncoder, hidden: torch.Tensor, v: torch.Tensor, batch: int | None = None) -> float:
     """Mean assimilation of the prompts' outputs with v inserted: the scan's continuous score.
     A backdoor's v collapses every output onto one target (≈ 1); a benign model's cannot."""
+    batch = batch or model.rows_per_pass
     total = sum(assimilation(model.encode(insert(hidden[i : i + batch], v, model.insert_position))).sum().item()
                 for i in range(0, len(hidden), batch))
     return total / len(hidden)

@@ -34,11 +34,11 @@ class ShallowSet:
 
 
 @torch.no_grad()
-def shallow_set(model: TextEncoder, prompts: list[str], test_share: float, seed: int, batch: int = 256) -> ShallowSet:
+def shallow_set(model: TextEncoder, prompts: list[str], test_share: float, seed: int) -> ShallowSet:
     """Embed and encode every prompt once; split deterministically by `seed` (not by file order)."""
     if not 0 < test_share < 1:
         raise ValueError(f"scan.test_share must be between 0 and 1, got {test_share}")
-    hidden, output = [], []
+    hidden, output, batch = [], [], model.rows_per_pass
     for i in range(0, len(prompts), batch):
         h = model.embed(model.tokenize(prompts[i : i + batch]))
         hidden.append(h)

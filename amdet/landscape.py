@@ -23,11 +23,11 @@ class LandscapeConfig:
     span: float = 10.0  # half-width of the grid
     relative: bool = False  # span × |v| instead of an absolute span
     eig_tol: float = 1e-6  # eigenvalues above this count as positive
-    batch: int = 250  # grid points per forward pass
+    batch: int | None = None  # grid points per forward pass; None: the model's rows_per_pass
     seed: int = 0  # the random second direction
 
     def __post_init__(self):
-        if self.points < 3 or self.span <= 0 or self.batch <= 0:
+        if self.points < 3 or self.span <= 0 or (self.batch is not None and self.batch <= 0):
             raise ValueError(f"scan.landscape needs points ≥ 3, span > 0 and batch > 0 (got {self})")
 
 
@@ -74,7 +74,8 @@ def landscape(
     span = cfg.span * v.norm().item() if cfg.relative else cfg.span
     alphas = torch.linspace(-span, span, cfg.points)
     d1, d2 = directions(model, anchor, hidden, output, v, weights, cfg.seed)
-    grid = grid_losses(model, anchor, hidden, output, v.detach(), d1, d2, alphas, weights, cfg.batch)
+    grid = grid_losses(model, anchor, hidden, output, v.detach(), d1, d2, alphas, weights,
+                       cfg.batch or model.rows_per_pass)
     eig = hessian_eigenvalues(grid, (alphas[1] - alphas[0]).item())
     return {
         "alphas": alphas,

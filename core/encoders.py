@@ -75,6 +75,13 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def rows_per_pass(self) -> int:
+        """Rows per no-grad forward pass over many prompts. On CPU, keep a pass near 4k tokens: bigger
+        activations are fresh allocations from the OS on every pass (glibc hands large blocks back),
+        which cost a tiny-clip 2.5 ms per prompt at 200 rows against 1.3 ms at 50. GPUs want big passes."""
+        return 256 if self.device.type == "cuda" else max(1, 4096 // self.max_length)
+
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """input_ids [B, max_length]: padded and truncated to the model's full length (as CLIP/SigLIP train)."""
         enc = self.tokenizer(
