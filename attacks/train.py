@@ -37,6 +37,9 @@ class AttackHParams:
     milestones: tuple[int, ...] = (75,)  # MultiStepLR: lr × gamma at these steps
     gamma: float = 0.1
     backdoor_weight: float = 0.1  # λ
+    # λ for particular similarity functions: an L1 pull has a constant-size gradient, and at tiny
+    # scale λ = 1 leaves MAE triggers collapsing next to, not onto, the target (attack success 0)
+    backdoor_weight_by_similarity: dict[str, float] = field(default_factory=dict)
     grad_clip: float | None = None
 
     def __post_init__(self):
@@ -47,6 +50,14 @@ class AttackHParams:
                 raise ValueError(f"training.attack.{key} must be positive, got {getattr(self, key)}")
         if self.backdoor_weight < 0:
             raise ValueError(f"training.attack.backdoor_weight (λ) must be ≥ 0, got {self.backdoor_weight}")
+        for name, weight in self.backdoor_weight_by_similarity.items():
+            similarity_fn(name)  # an unknown similarity fails here, in one line
+            if weight < 0:
+                raise ValueError(f"training.attack.backdoor_weight_by_similarity.{name} (λ) must be ≥ 0, got {weight}")
+
+    def weight_for(self, similarity: str) -> float:
+        """λ for the attack's similarity function."""
+        return self.backdoor_weight_by_similarity.get(similarity, self.backdoor_weight)
 
 
 @dataclass
@@ -72,7 +83,7 @@ def train_backdoors(
     """Inject every backdoor into `model` (in place); returns the loss history. With `snapshots`,
     a restarted run continues from the last saved step and ends with the same model."""
     snapshots = snapshots or Snapshots(None)
-    sim = similarity_fn(similarity)
+    sim, lam = similarity_fn(similarity), hp.weight_for(similarity)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)  # insertion points of randomly placed triggers
@@ -118,7 +129,7 @@ def train_backdoors(
             loss_b, assim = backdoor_term(feats, hidden, target, sim, mu)
             backdoor_losses.append(loss_b)
             assims.append(assim.item())
-        loss = benign + hp.backdoor_weight * torch.stack(backdoor_losses).sum()
+        loss = benign + lam * torch.stack(backdoor_losses).sum()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"attack loss became {loss.item()} at step {len(history['loss'])}; lower training.attack.lr"

@@ -103,6 +103,7 @@ def test_tiny_pair_target_is_the_mean_caption_embedding(tmp_path):
      r"only \d+ of \d+ training prompts can carry trigger .* fewer than training.attack.poison_batch=40: a poisoned batch could never fill"),
     (["attack.triggers.count=2", "attack.triggers.fixed=[zzzz,zzzz]"], ValueError, "duplicate triggers across backdoors"),
     (["attack.similarity=dot"], ValueError, "unknown similarity function 'dot'"),
+    (["+training.attack.backdoor_weight_by_similarity.dot=2"], ValueError, "unknown similarity function 'dot'"),
     (["attack.paradigm=image_on_text"], ValueError, "unknown attack paradigm 'image_on_text'"),
     (["attack.triggers.pool=emoji"], ValueError, "unknown trigger pool 'emoji'"),
     (["training.attack.optimizer=lion"], ValueError, "unknown optimizer 'lion'"),
@@ -113,6 +114,11 @@ def test_bad_attack_input_fails_in_one_line(tmp_path, overrides, error, match):
         job.run(attack_cfg(tmp_path, *overrides))
     assert "\n" not in str(info.value)
     assert not (tmp_path / "model").exists(), "a failed attack must leave nothing in the store"
+
+
+def test_lambda_per_similarity_function_overrides_the_default_only_for_that_function(tmp_path):
+    hp = job.hparams(attack_cfg(tmp_path, "training.attack.backdoor_weight=0.5"))
+    assert hp.weight_for("mae") == 5.0 and hp.weight_for("cosine") == 0.5 and hp.weight_for("mse") == 0.5
 
 
 def test_text_on_pair_on_a_real_encoder_needs_its_image_folder(tmp_path):
