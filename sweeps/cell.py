@@ -37,8 +37,33 @@ def run(cfg: DictConfig) -> dict:
     return run_cell(Path(hc.runtime.output_dir), cfg, cell_id=cell_dirname(hc.job.override_dirname))
 
 
-def finished(out: Path) -> dict | None:
-    """The cell's result when it is done (status ok), else None."""
+# what a cell's result depends on; the rest (paths, job, progress, threads, wandb, snapshots, ...) does not
+RESULT_SETTINGS = ("encoder", "training", "prompts", "pools", "attack", "benign", "scan", "losses", "cell", "seed")
+NOT_RESULT = {("cell", "keep_model"), ("scan", "landscape", "batch")}  # how, not what
+
+
+def settings_key(cfg: DictConfig) -> str:
+    """A hash of every setting the cell's result depends on, recorded in result.json: a finished result
+    whose key differs from the current config's was made with other settings (another base, attack, scan)."""
+    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                for k in RESULT_SETTINGS if k in cfg}
+    for *parents, leaf in NOT_RESULT:
+        node = settings
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config_hash(settings)
+
+
+class StaleResult(ValueError):
+    """A finished cell whose result was made with other settings than the current config's."""
+
+
+def finished(out: Path, cfg: DictConfig | None = None) -> dict | None:
+    """The cell's result when it is done (status ok), else None. With `cfg`, a result made with other
+    settings raises StaleResult: reusing it would mix models of two configs in one table, and
+    recomputing it would overwrite a finished result."""
     path = out / "result.json"
     if not path.is_file():
         return None
@@ -46,7 +71,15 @@ def finished(out: Path) -> dict | None:
         result = json.loads(path.read_text())
     except ValueError:
         return None  # a torn or hand-edited file: the cell is redone
-    return result if result.get("status") == "ok" else None
+    if result.get("status") != "ok":
+        return None
+    if cfg is not None and result.get("settings_key") and result["settings_key"] != settings_key(cfg):
+        raise StaleResult(
+            f"{path} was made with other settings than the current config's (settings key {result['settings_key']} vs "
+            f"{settings_key(cfg)}: e.g. another base, attack or scan config); move {out} away to recompute it, "
+            "or restore the settings it was made with"
+        )
+    return result
 
 
 def benign_seed(cfg: DictConfig) -> int:
@@ -94,7 +127,7 @@ def make_model(cfg: DictConfig, model_dir: Path, anchor) -> dict:
 
 
 def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
-    done = finished(out)
+    done = finished(out, cfg)
     if done:
         print(f"cell {cell_id}: done ({done['verdict']}, score {done['score']:.3f}) — skipped")
         return done
@@ -106,7 +139,7 @@ def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
     with open_dict(cfg):  # a requeued cell resumes its training or inversion from these
         cfg.snapshots.dir = cfg.snapshots.dir or str(out / "snapshots")
     info = cell_info(cfg, cell_id)
-    extra = {"experiment": cfg.experiment.name, "cell": info}
+    extra = {"experiment": cfg.experiment.name, "cell": info, "settings_key": settings_key(cfg)}
     t0 = time.perf_counter()
     model_dir = out / "model"
     try:

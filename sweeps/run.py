@@ -24,14 +24,19 @@ SWEEP_FILE = "sweep.json"  # what a sweep directory was launched with: enough to
 
 
 def check_all(cells: list[Cell]) -> None:
-    """Compose and validate every cell before the first one starts (a bad override fails at once)."""
-    seen = set()
+    """Compose and validate every cell before the first one starts (a bad override fails at once), and
+    refuse a sweep whose finished cells were made with other settings (StaleResult names the first)."""
+    configs = {}
     for cell in cells:
         key = tuple(o for o in cell.overrides if not o.startswith("seed="))
-        if key in seen:  # cells differing only in seed share every other setting
-            continue
-        seen.add(key)
-        validate(compose_config(list(cell.overrides)))
+        if key not in configs:  # cells differing only in seed share every other setting
+            configs[key] = compose_config(list(cell.overrides))
+            validate(configs[key])
+        seed = [o.split("=", 1)[1] for o in cell.overrides if o.startswith("seed=")]
+        cfg = configs[key].copy()
+        if seed:
+            cfg.seed = int(seed[-1])
+        finished(cell.directory, cfg)
 
 
 def record_sweep(sweep_dir: Path, overrides: list[str], scored: list[Cell], calibration: list[Cell]) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import pytest
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from sweeps.__main__ import main as sweeps_main
-from sweeps.grid import dirname, plan
+from sweeps.cell import StaleResult, settings_key
+from sweeps.grid import compose_config, dirname, plan
 from sweeps.run import resume, run_experiment
 from tests.helpers import MICRO_ATTACK, MICRO_BASE
 from tests.test_benign import MICRO_BENIGN
@@ -108,6 +111,27 @@ def test_rerun_skips_finished_cells_and_resume_fills_exactly_the_gaps(study):
     assert summary["scored"]["computed"] == 1 and summary["scored"]["skipped"] == 1
     assert json.loads(victim.read_text())["status"] == "ok"
     assert all(p.stat().st_mtime_ns == t for p, t in finished_mtimes.items()), "no finished cell recomputed"
+
+
+def test_a_finished_cell_made_with_other_settings_is_refused_neither_reused_nor_overwritten(study, tmp_path):
+    sweep_dir, overrides, _ = study
+    shutil.copytree(sweep_dir, tmp_path / "sweeps" / "embedded")
+    victim = next((tmp_path / "sweeps" / "embedded").glob("*/result.json"))
+    record = json.loads(victim.read_text())
+    victim.write_text(json.dumps({**record, "settings_key": "0" * 16}))  # as if made with another base
+    before = victim.read_text()
+    moved = [*(o for o in overrides if not o.startswith("paths.output_dir=")), f"paths.output_dir={tmp_path}"]
+    with pytest.raises(StaleResult, match=f"{re.escape(victim.parent.name)}.*move .* away to recompute"):
+        run_experiment(moved, progress=False, report=False)
+    assert victim.read_text() == before
+
+
+def test_the_settings_key_follows_what_a_result_depends_on_and_nothing_else():
+    key = settings_key(compose_config(["encoder=tiny-clip"]))
+    assert key == settings_key(compose_config(["cell.keep_model=false", "progress=false", "threads=1",
+                                               "scan.landscape.batch=7", "paths.output_dir=/elsewhere"]))
+    for changed in ("encoder.tiny.arch.layers=4", "training.attack.lr=0.5", "scan.prompts=10", "seed=3"):
+        assert settings_key(compose_config([changed])) != key, changed
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
