@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> dict:
 
 # what a cell's result depends on; the rest (paths, job, progress, threads, wandb, snapshots, ...) does not
 RESULT_SETTINGS = ("encoder", "training", "prompts", "pools", "attack", "benign", "scan", "losses", "cell", "seed")
-NOT_RESULT = {("cell", "keep_model"), ("scan", "landscape", "batch")}  # how, not what
+NOT_RESULT = ("cell.keep_model", "scan.landscape.batch")  # how, not what
 
 
 def settings_key(cfg: DictConfig) -> str:
@@ -47,12 +47,12 @@ def settings_key(cfg: DictConfig) -> str:
     whose key differs from the current config's was made with other settings (another base, attack, scan)."""
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
                 for k in RESULT_SETTINGS if k in cfg}
-    for *parents, leaf in NOT_RESULT:
+    for dotted in NOT_RESULT:
+        *parents, leaf = dotted.split(".")
         node = settings
         for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+            node = node.get(p, {})
+        node.pop(leaf, None)
     return config_hash(settings)
 
 
@@ -73,10 +73,11 @@ def finished(out: Path, cfg: DictConfig | None = None) -> dict | None:
         return None  # a torn or hand-edited file: the cell is redone
     if result.get("status") != "ok":
         return None
-    if cfg is not None and result.get("settings_key") and result["settings_key"] != settings_key(cfg):
+    recorded = result.get("settings_key")  # results written before keys existed are taken as they are
+    if cfg is not None and recorded and recorded != (current := settings_key(cfg)):
         raise StaleResult(
-            f"{path} was made with other settings than the current config's (settings key {result['settings_key']} vs "
-            f"{settings_key(cfg)}: e.g. another base, attack or scan config); move {out} away to recompute it, "
+            f"{path} was made with other settings than the current config's (settings key {recorded} vs "
+            f"{current}: e.g. another base, attack or scan config); move {out} away to recompute it, "
             "or restore the settings it was made with"
         )
     return result
