@@ -16,6 +16,21 @@ from amdet.landscape import LandscapeConfig
 from core.encoders import TextEncoder
 
 
+@torch.no_grad()
+def shallow_set(model: TextEncoder, prompts: list[str], test_share: float, seed: int) -> ShallowSet:
+    """The features as upstream's preprocessing makes them: each prompt tokenized, embedded and run
+    through the encoder on its own (upstream then writes two .npy files per prompt; kept in memory
+    here). The split is the fast path's seeded one, not upstream's file-order one."""
+    hidden, output = [], []
+    for prompt in prompts:
+        h = model.embed(model.tokenize([prompt]))
+        hidden.append(h[0])
+        output.append(model.encode(h)[0])
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))
+    n_test = max(2, round(len(prompts) * test_share))
+    return ShallowSet(prompts, torch.stack(hidden), torch.stack(output), order[n_test:], order[:n_test])
+
+
 def insert_one(h: torch.Tensor, v: torch.Tensor, position: int) -> torch.Tensor:
     """One prompt: [L, D] with v [k, D] inserted at `position`, truncated to L."""
     return torch.cat([h[:position], v, h[position:]])[: h.shape[0]]

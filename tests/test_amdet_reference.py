@@ -29,6 +29,14 @@ def data(models):
     return shallow_set(models[0], PROMPTS, 0.25, seed=0)
 
 
+def test_features_match(models, data):
+    model, _ = models
+    slow = ref.shallow_set(model, PROMPTS, 0.25, seed=0)
+    assert torch.equal(data.train, slow.train) and torch.equal(data.test, slow.test)
+    assert torch.allclose(data.hidden, slow.hidden, atol=1e-6)
+    assert torch.allclose(data.output, slow.output, atol=1e-5)
+
+
 @pytest.mark.parametrize("weights", [LossWeights(), LossWeights(assim=1.0, dev=0.0, anchor=0.3)])
 def test_loss_and_gradient_match(models, data, weights):
     model, anchor = models
@@ -73,7 +81,7 @@ def test_whole_scan_matches(models):
                      thresholds=replace(CheckThresholds(), loss_start=10.0),
                      landscape=LandscapeConfig(points=5, batch=8))
     fast = scan(model, anchor, PROMPTS, cfg, progress=False)
-    slow = ref.scan(model, anchor, shallow_set(model, PROMPTS, cfg.test_share, cfg.seed), cfg)
+    slow = ref.scan(model, anchor, ref.shallow_set(model, PROMPTS, cfg.test_share, cfg.seed), cfg)
     assert fast["steps"] == slow["steps"] and fast["verdict"] == slow["verdict"]
     assert fast["score"] == pytest.approx(slow["score"], abs=1e-5)
     assert torch.allclose(fast["v"], slow["v"], atol=1e-4)
