@@ -34,15 +34,31 @@ class CheckThresholds:
     loss_stop: float = -0.85  # the epoch ends once the running mean loss is below this
 
 
+def settled(count: int, seen: int, n: int, threshold: float) -> bool | None:
+    """Whether `ratio = count_of_all / n > threshold` is already decided after `seen` of the n
+    prompts: True or False when no outcome of the other n − seen can change it, else None."""
+    if count / n > threshold:
+        return True
+    if (count + n - seen) / n <= threshold:
+        return False
+    return None
+
+
 @torch.no_grad()
 def evaluate_checks(
     model: TextEncoder, anchor: TextEncoder, hidden: torch.Tensor, v: torch.Tensor, t: CheckThresholds,
-    batch: int | None = None,
+    batch: int | None = None, early_exit: bool = False,
 ) -> dict:
-    """Every check's statistic and pass/fail on the test prompts' embeddings `hidden` [N, L, D]."""
+    """Every check's statistic and pass/fail on the test prompts' embeddings `hidden` [N, L, D].
+
+    With `early_exit`, the pass stops at the first batch after which all_pass is decided (some check
+    can no longer pass, or every check has passed whatever the rest give): all_pass is what a full
+    pass would find, the statistics are over the `checked` prompts seen so far, and a check whose
+    outcome the rest could still have changed has pass None."""
     assim, same, diff_cos = [], [], []
-    reference, batch = None, batch or model.rows_per_pass
-    for i in range(0, len(hidden), batch):
+    reference, batch, n = None, batch or model.rows_per_pass, len(hidden)
+    passes = {}
+    for i in range(0, n, batch):
         h_v = insert(hidden[i : i + batch], v, model.insert_position)
         out = model.encode(h_v)
         if reference is None:
@@ -50,19 +66,30 @@ def evaluate_checks(
         assim.append(assimilation(out))
         same.append(tokenwise_cosine(out, reference.expand_as(out)))
         diff_cos.append(tokenwise_cosine(out, anchor.encode(h_v)))
+        seen = i + len(out)
+        if early_exit and seen < n:
+            passes = {
+                "assim_pass": settled(int((torch.cat(assim) > t.assim_token).sum()), seen, n, t.assim_ratio),
+                "same_pass": settled(int((torch.cat(same)[1:] > t.same_token).sum()), seen - 1, n - 1, t.same_ratio),
+                "diff_pass": settled(int((torch.cat(diff_cos) < t.diff_token).sum()), seen, n, t.diff_ratio),
+            }
+            if False in passes.values() or None not in passes.values():
+                break
     assim, same, diff_cos = torch.cat(assim), torch.cat(same)[1:], torch.cat(diff_cos)
     stats = {
+        "checked": len(assim),
         "assim_ratio": (assim > t.assim_token).float().mean().item(),
-        "same_ratio": (same > t.same_token).float().mean().item(),
+        "same_ratio": (same > t.same_token).float().mean().item() if len(same) else 0.0,
         "diff_ratio": (diff_cos < t.diff_token).float().mean().item(),
         "assim_mean": assim.mean().item(),
-        "same_mean": same.mean().item(),
+        "same_mean": same.mean().item() if len(same) else 0.0,
         "anchor_cos_mean": diff_cos.mean().item(),
     }
-    stats["assim_pass"] = stats["assim_ratio"] > t.assim_ratio
-    stats["same_pass"] = stats["same_ratio"] > t.same_ratio
-    stats["diff_pass"] = stats["diff_ratio"] > t.diff_ratio
-    stats["all_pass"] = stats["assim_pass"] and stats["same_pass"] and stats["diff_pass"]
+    if len(assim) == n:  # every prompt seen: the exact outcome
+        passes = {"assim_pass": stats["assim_ratio"] > t.assim_ratio, "same_pass": stats["same_ratio"] > t.same_ratio,
+                  "diff_pass": stats["diff_ratio"] > t.diff_ratio}
+    stats.update(passes)
+    stats["all_pass"] = all(p is True for p in passes.values())
     return stats
 
 

@@ -8,6 +8,7 @@ provenance. Any failure (a mismatched or corrupt model, NaNs) ends in a result.j
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -139,6 +140,8 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         load_s = time.perf_counter() - t
         thresholds, source = thresholds_of(s, cfg.paths, model, observe)
         scan_cfg = scan_config(s, thresholds)
+        if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
+            scan_cfg = dataclasses.replace(scan_cfg, check_early_exit=False)
         t = time.perf_counter()
         prompts = make_prompt_source(shallow_source(cfg)).load(s.prompts, seed=s.seed)
         prompts_s = time.perf_counter() - t

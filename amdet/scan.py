@@ -30,6 +30,7 @@ class ScanConfig:
     batch_size: int = 10
     epochs: int = 2
     check_every: int = 2  # batches between check evaluations (once the running loss is low enough)
+    check_early_exit: bool = False  # stop a check pass once its outcome is decided (statistics then partial)
     init_std: float = 1.0  # v ~ N(0, init_std²)
     test_share: float = 0.2
     seed: int = 0
@@ -110,7 +111,7 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
             due = (b + 1) % cfg.check_every == 0 or running < th.loss_stop or b == n_batches - 1
             if running < th.loss_start and due:
                 tc = time.perf_counter()
-                stats = evaluate_checks(model, anchor, test_hidden, v.detach(), th)
+                stats = evaluate_checks(model, anchor, test_hidden, v.detach(), th, early_exit=cfg.check_early_exit)
                 checks_s += time.perf_counter() - tc
                 entry = {"step": steps, "epoch": epoch, "running_loss": running, **terms_prefixed(terms), **stats}
                 log.append(entry)

@@ -39,7 +39,8 @@ def run(cfg: DictConfig) -> dict:
 
 # what a cell's result depends on; the rest (paths, job, progress, threads, wandb, snapshots, ...) does not
 RESULT_SETTINGS = ("encoder", "training", "prompts", "pools", "attack", "benign", "scan", "losses", "cell", "seed")
-NOT_RESULT = ("cell.keep_model", "scan.landscape.batch")  # how, not what
+# how, not what: an early-exiting check pass reaches the same verdicts, score and v
+NOT_RESULT = ("cell.keep_model", "scan.landscape.batch", "scan.inversion.check_early_exit")
 
 
 def settings_key(cfg: DictConfig) -> str:

@@ -98,6 +98,17 @@ def test_scan_writes_the_result_contract_and_is_deterministic(tmp_path, pair):
     assert (tmp_path / "a" / "landscape.png").stat().st_size > 0 and (tmp_path / "a" / "hessian_spectrum.png").exists()
 
 
+def test_observed_scans_make_full_check_passes_even_with_early_exit(tmp_path, pair, monkeypatch):
+    from core.encoders import TextEncoder
+
+    monkeypatch.setattr(TextEncoder, "rows_per_pass", property(lambda self: 2))  # 4 batches of the 8 test prompts
+    cfg = scan_cfg(*pair, "scan.inversion.check_early_exit=true")
+    decided = scan_to(tmp_path / "scan", cfg)
+    observed = scan_to(tmp_path / "observe", cfg, observe=True)
+    assert min(c["checked"] for c in decided["checks"]) < 8, "the paper's thresholds fail on a micro model"
+    assert {c["checked"] for c in observed["checks"]} == {8}, "calibration fits on full statistics"
+
+
 def test_thresholds_file_overrides_and_is_recorded(tmp_path, pair):
     (tmp_path / "t.yaml").write_text("checks:\n  same_ratio: 0.5\n")
     result = scan_to(tmp_path / "out", scan_cfg(*pair, f"scan.thresholds={tmp_path}/t.yaml"))

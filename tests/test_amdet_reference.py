@@ -86,3 +86,38 @@ def test_whole_scan_matches(models):
     assert fast["score"] == pytest.approx(slow["score"], abs=1e-5)
     assert torch.allclose(fast["v"], slow["v"], atol=1e-4)
     assert [round(c["assim_ratio"], 6) for c in fast["checks"]] == [round(c["assim_ratio"], 6) for c in slow["checks"]]
+
+
+@pytest.mark.parametrize("passing", [False, True])
+def test_early_exit_decides_as_the_full_pass(models, data, passing):
+    model, anchor = models
+    v = torch.randn(1, model.hidden_size)
+    hidden = data.hidden[data.test]
+    probe = evaluate_checks(model, anchor, hidden, v, CheckThresholds())
+    # failing: about half the prompts are "different" against a 0.95 ratio; passing: every ratio threshold off
+    t = (CheckThresholds(assim_ratio=-1.0, same_ratio=-1.0, diff_ratio=-1.0) if passing
+         else CheckThresholds(diff_token=probe["anchor_cos_mean"]))
+    full = evaluate_checks(model, anchor, hidden, v, t, batch=1)
+    quick = evaluate_checks(model, anchor, hidden, v, t, batch=1, early_exit=True)
+    assert quick["all_pass"] == full["all_pass"] == passing
+    assert quick["checked"] < full["checked"] == len(hidden)
+    for key in ("assim_pass", "same_pass", "diff_pass"):
+        assert quick[key] in (full[key], None), key
+
+
+@pytest.mark.parametrize("passing", [False, True])
+def test_early_exit_scan_reaches_the_same_result(models, monkeypatch, passing):
+    model, anchor = models
+    monkeypatch.setattr(type(model), "rows_per_pass", property(lambda self: 2))  # several batches per check pass
+    off = -1.0 if passing else None
+    thresholds = replace(CheckThresholds(), loss_start=10.0, **({} if off is None else
+                         {"assim_ratio": off, "same_ratio": off, "diff_ratio": off, "landscape_ratio": off}))
+    cfg = ScanConfig(batch_size=4, epochs=2, check_every=2, seed=3, test_share=0.25, thresholds=thresholds,
+                     landscape=LandscapeConfig(points=5, batch=8))
+    full = scan(model, anchor, PROMPTS, cfg, progress=False)
+    quick = scan(model, anchor, PROMPTS, replace(cfg, check_early_exit=True), progress=False)
+    assert (quick["steps"], quick["verdict"], quick["score"]) == (full["steps"], full["verdict"], full["score"])
+    assert full["verdict"] == ("backdoor" if passing else "benign")
+    assert torch.equal(quick["v"], full["v"])
+    assert [c["all_pass"] for c in quick["checks"]] == [c["all_pass"] for c in full["checks"]]
+    assert sum(c["checked"] for c in quick["checks"]) < sum(c["checked"] for c in full["checks"])
