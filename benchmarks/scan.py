@@ -1,6 +1,6 @@
 """Time AMDET scans of one tiny model: the full fast scan, then fast vs the step-by-step reference.
 
-    python benchmarks/scan.py --model DIR [--anchor DIR] [--thresholds PROFILE] [--prompts 4000] [--compare-prompts 1000]
+    python benchmarks/scan.py --model DIR [--anchor DIR] [--thresholds PROFILE] [--early-exit] [--prompts 4000]
 
 Targets (issue: the AMDET detector): a tiny-clip scan with 4,000 shallow prompts in ≤ 60 s on
 2 cores; the fast path ≥ 5× faster than the reference on the same model and the same steps. Without
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (batching pays most on a GPU)")
     parser.add_argument("--thresholds", help="a profile YAML from job=calibrate for the full scan (default: CLIP-L)")
     parser.add_argument("--no-compare", action="store_true", help="time the full scan only")
+    parser.add_argument("--early-exit", action="store_true", help="the full scan with scan.inversion.check_early_exit")
     args = parser.parse_args()
 
     from amdet.checks import CheckThresholds
@@ -51,18 +52,19 @@ def main() -> None:
                         f"hydra.run.dir={model_dir}-log"], cwd=ROOT, check=True)
     model, anchor = load_encoder(model_dir, args.device), load_encoder(anchor_dir, args.device)
     cfg = ScanConfig(check_every=args.check_every)
-    full_cfg = cfg
+    full_cfg = replace(cfg, check_early_exit=args.early_exit)
     if args.thresholds:
         from amdet.profiles import load_profile
 
-        full_cfg = replace(cfg, thresholds=replace(CheckThresholds(), **load_profile(args.thresholds)["checks"]))
+        full_cfg = replace(full_cfg, thresholds=replace(CheckThresholds(), **load_profile(args.thresholds)["checks"]))
 
     prompts = generate_synthetic_prompts(args.prompts, seed=0)
     t0 = time.perf_counter()
     full = scan(model, anchor, prompts, full_cfg)
     full_s = time.perf_counter() - t0
     times = ", ".join(f"{k} {v:.1f}" for k, v in full["times"].items())
-    print(f"fast scan, {args.prompts} prompts, thresholds {args.thresholds or 'CLIP-L'}: {full_s:.1f} s ({times}); "
+    print(f"fast scan, {args.prompts} prompts, thresholds {args.thresholds or 'CLIP-L'}"
+          f"{', check early exit' if args.early_exit else ''}: {full_s:.1f} s ({times}); "
           f"{full['steps']} steps, verdict {full['verdict']}, score {full['score']:.3f}")
     if args.no_compare:
         return
@@ -81,6 +83,11 @@ def main() -> None:
           f"{same.check_every} batches, final landscape in both): fast {fast_s:.1f} s, reference {slow_s:.1f} s "
           f"→ {slow_s / fast_s:.1f}× faster; same verdict: {fast['verdict'] == slow['verdict']}, "
           f"score {fast['score']:.4f} vs {slow['score']:.4f}")
+    t0 = time.perf_counter()  # the same, with check passes that stop once their outcome is decided
+    quick = scan(model, anchor, small, replace(same, check_early_exit=True), progress=False)
+    quick_s = time.perf_counter() - t0
+    print(f"  with check early exit: fast {quick_s:.1f} s → {slow_s / quick_s:.1f}× faster; same steps, verdict and score: "
+          f"{(quick['steps'], quick['verdict'], quick['score']) == (fast['steps'], fast['verdict'], fast['score'])}")
     phase_ratios(model, anchor, small, same)
 
 
