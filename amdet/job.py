@@ -23,7 +23,7 @@ from amdet.fidelity import trigger_similarities
 from amdet.inversion import LossWeights
 from amdet.landscape import LandscapeConfig
 from amdet.outputs import write_artifacts, write_result
-from amdet.profiles import check_disjoint, find_profile, load_profile, require_file
+from amdet.profiles import check_disjoint, find_profile, load_profile, profile_checks, require_file
 from amdet.scan import ScanConfig, scan
 from core.encoders import TextEncoder
 from core.errors import one_line
@@ -47,7 +47,7 @@ def thresholds_of(s: DictConfig, paths: DictConfig, model: TextEncoder, observe:
     if path is not None and not observe:
         profile = load_profile(path)
         check_disjoint(profile, s.model_path, f"profile {path}")
-        values.update(profile.get("checks", profile))
+        values.update(profile_checks(profile))
         fitted_with, current = profile.get("calibration", {}).get("scan", {}), OmegaConf.to_container(s, resolve=True)
         for key in ("prompts", "inversion", "weights"):
             if key in fitted_with and fitted_with[key] != current.get(key):

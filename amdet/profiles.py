@@ -40,9 +40,14 @@ def load_profile(path: str | Path) -> dict:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as exc:  # noqa: BLE001 — a YAML error is a bad file, said in one line
         raise ValueError(f"thresholds file {path} is not valid YAML ({type(exc).__name__}); rewrite it with job=calibrate") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("checks", data), dict):
+    if not isinstance(data, dict) or not isinstance(profile_checks(data), dict):
         raise ValueError(f"thresholds file {path} has no 'checks' mapping; rewrite it with job=calibrate")
     return data
+
+
+def profile_checks(profile: dict) -> dict:
+    """The check thresholds of a loaded profile: its `checks` block, or the whole file when it is flat."""
+    return profile.get("checks", profile)
 
 
 def find_profile(profiles_dir: str | Path | None, family: str, hidden_size: int) -> Path | None:

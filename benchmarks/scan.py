@@ -53,10 +53,12 @@ def main() -> None:
     model, anchor = load_encoder(model_dir, args.device), load_encoder(anchor_dir, args.device)
     cfg = ScanConfig(check_every=args.check_every)
     full_cfg = replace(cfg, check_early_exit=args.early_exit)
-    if args.thresholds:
-        from amdet.profiles import load_profile
+    if args.thresholds:  # as a scan reads it: the profile's values over the paper's, unknown keys refused
+        from amdet.profiles import load_profile, profile_checks
+        from core.settings import from_config
 
-        full_cfg = replace(full_cfg, thresholds=replace(CheckThresholds(), **load_profile(args.thresholds)["checks"]))
+        values = {**vars(CheckThresholds()), **profile_checks(load_profile(args.thresholds))}
+        full_cfg = replace(full_cfg, thresholds=from_config(CheckThresholds, values, f"thresholds file {args.thresholds}"))
 
     prompts = generate_synthetic_prompts(args.prompts, seed=0)
     t0 = time.perf_counter()

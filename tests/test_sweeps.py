@@ -129,7 +129,8 @@ def test_a_finished_cell_made_with_other_settings_is_refused_neither_reused_nor_
 def test_the_settings_key_follows_what_a_result_depends_on_and_nothing_else():
     key = settings_key(compose_config(["encoder=tiny-clip"]))
     assert key == settings_key(compose_config(["cell.keep_model=false", "progress=false", "threads=1",
-                                               "scan.landscape.batch=7", "paths.output_dir=/elsewhere"]))
+                                               "scan.landscape.batch=7", "scan.inversion.check_early_exit=true",
+                                               "paths.output_dir=/elsewhere"]))
     for changed in ("encoder.tiny.arch.layers=4", "training.attack.lr=0.5", "scan.prompts=10", "seed=3"):
         assert settings_key(compose_config([changed])) != key, changed
 
