@@ -43,9 +43,14 @@ def shallow_set(model: TextEncoder, prompts: list[str], test_share: float, seed:
         h = model.embed(model.tokenize(prompts[i : i + batch]))
         hidden.append(h)
         output.append(model.encode(h))
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))
-    n_test = max(2, round(len(prompts) * test_share))
-    return ShallowSet(prompts, torch.cat(hidden), torch.cat(output), order[n_test:], order[:n_test])
+    return ShallowSet(prompts, torch.cat(hidden), torch.cat(output), *split(len(prompts), test_share, seed))
+
+
+def split(n: int, test_share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices of n prompts: a permutation drawn from `seed`, at least 2 for the test."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(2, round(n * test_share))
+    return order[n_test:], order[:n_test]
 
 
 def insert(hidden: torch.Tensor, v: torch.Tensor, position: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet.checks import CheckThresholds
-from amdet.inversion import LossWeights, ShallowSet
+from amdet.inversion import LossWeights, ShallowSet, split
 from amdet.landscape import LandscapeConfig
 from core.encoders import TextEncoder
 
@@ -26,9 +26,7 @@ def shallow_set(model: TextEncoder, prompts: list[str], test_share: float, seed:
         h = model.embed(model.tokenize([prompt]))
         hidden.append(h[0])
         output.append(model.encode(h)[0])
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))
-    n_test = max(2, round(len(prompts) * test_share))
-    return ShallowSet(prompts, torch.stack(hidden), torch.stack(output), order[n_test:], order[:n_test])
+    return ShallowSet(prompts, torch.stack(hidden), torch.stack(output), *split(len(prompts), test_share, seed))
 
 
 def insert_one(h: torch.Tensor, v: torch.Tensor, position: int) -> torch.Tensor:
