@@ -1,5 +1,5 @@
-"""Run an experiment's cells on this machine, in one process: calibration cells, the profile fitted on
-them, the scored cells, then the report. Finished cells are skipped, so a rerun (or
+"""Run an experiment's cells on this machine, in this process or in `experiment.workers` processes:
+calibration cells, the profile fitted on them, the scored cells, then the report. Finished cells are skipped, so a rerun (or
 `python -m sweeps resume SWEEP_DIR`) only computes what is missing; a failing cell is recorded and
 the sweep goes on.
 """
@@ -67,11 +67,16 @@ def run_cells(cells: list[Cell], progress: bool, desc: str) -> dict:
 
 
 def run_phase(cells: list[Cell], cfg, sweep_dir: Path, progress: bool, desc: str) -> dict:
-    """Here, in this process; or through submitit when the launcher is submitit_local or slurm."""
+    """Here, in this process or in local worker processes; or through submitit when the launcher is
+    submitit_local or slurm."""
+    from sweeps.parallel import run_cells_parallel, worker_count
     from sweeps.submit import is_submitit, run_remote
 
     if is_submitit(cfg.hydra.launcher):
         return run_remote(cells, cfg, sweep_dir, desc)
+    workers = worker_count(cfg)
+    if workers > 1:
+        return run_cells_parallel(cells, workers, cfg.get("threads"), progress, desc)
     return run_cells(cells, progress, desc)
 
 

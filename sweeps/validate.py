@@ -16,6 +16,7 @@ def validate(cfg: DictConfig) -> None:
     from attacks.triggers import check_trigger_config
     from benign_ft.job import hparams as benign_hparams
     from core.snapshot import check_every_s
+    from sweeps.parallel import worker_count
 
     if cfg.cell.kind not in KINDS:
         raise ValueError(f"unknown cell.kind '{cfg.cell.kind}'; choose one of {', '.join(KINDS)}")
@@ -39,4 +40,5 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.experiment.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"experiment.{key} must be a positive number of {'cells' if key == 'cells_per_task' else 'tasks'}, got {value}")
+    worker_count(cfg)
     check_every_s(cfg.snapshots.every_s)

@@ -7,6 +7,7 @@ import re
 import shutil
 
 import pytest
+import torch
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -59,6 +60,7 @@ def test_cell_dirs_are_hydras_override_dirname():
     ("encoder=no-such-encoder", "encoder"),
     ("experiment.array_tasks=0", "experiment.array_tasks"),
     ("experiment.cells_per_task=-1", "experiment.cells_per_task"),
+    ("experiment.workers=0", "experiment.workers"),
 ])
 def test_malformed_overrides_fail_before_any_cell_with_the_key_named(override, key, capsys, tmp_path):
     code = sweeps_main(["run", "experiment=embedded", f"paths.output_dir={tmp_path}", override])
@@ -70,7 +72,7 @@ MICRO_STUDY = [
     "experiment=embedded", *MICRO_BASE, *MICRO_ATTACK, *MICRO_BENIGN, "benign.steps=3", "attack=text_on_text",
     "attack.triggers.length=1", "seed=0", "experiment.calibration_seeds='100,101'", "scan.prompts=40",
     "scan.inversion.batch_size=4", "scan.inversion.epochs=1", "scan.inversion.check_every=2", "scan.landscape.points=6",
-    "wandb.mode=offline",
+    "wandb.mode=offline", "experiment.workers=1",  # micro cells: in this process (a worker's start costs more)
 ]
 
 
@@ -157,6 +159,47 @@ def test_submitit_local_runs_the_same_cells_to_the_same_results(study, tmp_path)
     assert here.keys() == there.keys()
     for name, r in here.items():
         assert (there[name]["verdict"], there[name]["score"]) == (r["verdict"], r["score"]), name
+
+
+def test_worker_processes_compute_the_same_cells_and_record_a_failing_one(study, tmp_path):
+    """`experiment.workers=2`: the scored cells in two processes (at this process's thread count, for
+    bit-identical scores), one of them over a corrupt model file; the calibration is reused."""
+    sweep_dir, overrides, _ = study
+    here = tmp_path / "sweeps" / "embedded"
+    moved = [*overrides[:-1], f"paths.output_dir={tmp_path}"]
+    _, scored, calibration = plan(moved)
+    for cell in calibration:
+        shutil.copytree(sweep_dir / cell.id, cell.directory)
+    broken = next(c for c in scored if "cell.kind=benign" in c.overrides)
+    shutil.copytree(sweep_dir / broken.id / "model", broken.directory / "model")
+    (broken.directory / "model" / "model.safetensors").write_bytes(b"\x00" * 64)
+
+    summary = run_experiment([*moved, "experiment.workers=2", f"threads={torch.get_num_threads()}"],
+                             progress=False, report=False)
+    assert summary["calibration"]["computed"] == 0 and summary["scored"]["computed"] == 1, summary
+    (failed,) = summary["scored"]["failed"]
+    assert failed["cell"] == broken.id and "safetensors" in failed["reason"]
+    record = json.loads((broken.directory / "result.json").read_text())
+    assert record["status"] == "error" and "Traceback" in record["traceback"]
+    (ok,) = (c for c in scored if c is not broken)
+    mine, theirs = (json.loads((d / ok.id / "result.json").read_text()) for d in (here, sweep_dir))
+    assert (mine["verdict"], mine["score"]) == (theirs["verdict"], theirs["score"])
+    assert mine["provenance"]["hardware"]["torch_threads"] == torch.get_num_threads()
+
+
+def test_the_main_job_hands_its_command_line_to_every_cell():
+    """`python launch.py paths.output_dir=X experiment.workers=1`: the study's cells see both; the
+    job.* overrides choose the study itself."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from sweeps.study import command_line
+
+    cfg = compose_config(["paths.output_dir=/elsewhere", "experiment.workers=1", 'job.overrides=["seed=3"]'], hydra=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert command_line() == ["paths.output_dir=/elsewhere", "experiment.workers=1"]
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def test_measure_times_one_cell_per_encoder_and_kind_and_plan_costs_with_it(tmp_path, capsys):
