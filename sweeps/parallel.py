@@ -75,6 +75,23 @@ def _run_one(cell: Cell) -> dict:
         return {"cell": cell.id, "status": "error", "reason": one_line(exc)}
 
 
+def build_bases(cells: list[Cell], progress: bool) -> None:
+    """Build (or find) every tiny base the cells need here, before the workers start: with all of
+    this process's threads, as a sweep in one process builds it, rather than in one worker at
+    cores / N threads while the others wait on its lock."""
+    from omegaconf import OmegaConf
+
+    from core.loading import base_source
+
+    settings = {tuple(o for o in c.overrides if not o.startswith("seed=")): c for c in cells}  # seeds share the rest
+    encoders = {}
+    for cell in settings.values():
+        encoder = cell.config().encoder
+        encoders.setdefault(OmegaConf.to_yaml(encoder), encoder)
+    for encoder in encoders.values():
+        base_source(encoder, progress)
+
+
 def run_cells_parallel(cells: list[Cell], workers: int, threads: int | None, progress: bool, desc: str) -> dict:
     """As `sweeps.run.run_cells`, with `workers` processes of `threads` threads each (default: cores //
     workers). A worker that dies (killed, out of memory) leaves error results for the cells it had
@@ -85,6 +102,7 @@ def run_cells_parallel(cells: list[Cell], workers: int, threads: int | None, pro
     todo = [c for c in cells if not finished(c.directory)]
     failures, computed = [], 0
     if todo:
+        build_bases(todo, progress)
         workers = min(workers, len(todo))
         threads = threads or max(1, usable_cores() // workers)
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
