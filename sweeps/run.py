@@ -1,7 +1,7 @@
 """Run an experiment's cells on this machine, in this process or in `experiment.workers` processes:
-calibration cells, the profile fitted on them, the scored cells, then the report. Finished cells are skipped, so a rerun (or
-`python -m sweeps resume SWEEP_DIR`) only computes what is missing; a failing cell is recorded and
-the sweep goes on.
+calibration cells, the profile fitted on them, the scored cells, then the report. Finished cells are
+skipped, so a rerun (or `python -m sweeps resume SWEEP_DIR`) only computes what is missing; a failing
+cell is recorded and the sweep goes on.
 """
 
 from __future__ import annotations
