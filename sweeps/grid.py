@@ -34,6 +34,11 @@ class Cell:
     def id(self) -> str:
         return self.directory.name
 
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """Every override but the seed: cells differing only in seed share every other setting."""
+        return tuple(o for o in self.overrides if not o.startswith("seed="))
+
     def config(self) -> DictConfig:
         """The cell's composed config. Outside a Hydra run `${hydra:...}` cannot resolve, so the
         run directory the job config names from it is set to the id, which is known here."""

@@ -59,17 +59,13 @@ def _run_one(cell: Cell) -> dict:
 
     from core.errors import one_line
     from sweeps.cell import run_cell
+    from sweeps.run import anchor_for
 
     try:
         cfg = cell.config()
         with open_dict(cfg):
             cfg.threads = _threads  # run_cell sets the same count again (not SLURM_CPUS_PER_TASK's)
-        key = (cfg.encoder.name, cfg.device)
-        if key not in _anchors:
-            from core.loading import base_source, load_encoder
-
-            _anchors[key] = load_encoder(base_source(cfg.encoder, cfg.progress), cfg.device)
-        run_cell(cell.directory, cfg, cell.id, anchor=_anchors[key])
+        run_cell(cell.directory, cfg, cell.id, anchor=anchor_for(cfg, _anchors))
         return {"cell": cell.id, "status": "ok"}
     except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
         return {"cell": cell.id, "status": "error", "reason": one_line(exc)}
@@ -83,9 +79,8 @@ def build_bases(cells: list[Cell], progress: bool) -> None:
 
     from core.loading import base_source
 
-    settings = {tuple(o for o in c.overrides if not o.startswith("seed=")): c for c in cells}  # seeds share the rest
     encoders = {}
-    for cell in settings.values():
+    for cell in {c.settings: c for c in cells}.values():
         encoder = cell.config().encoder
         encoders.setdefault(OmegaConf.to_yaml(encoder), encoder)
     for encoder in encoders.values():

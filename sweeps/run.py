@@ -28,8 +28,8 @@ def check_all(cells: list[Cell]) -> None:
     refuse a sweep whose finished cells were made with other settings (StaleResult names the first)."""
     configs = {}
     for cell in cells:
-        key = tuple(o for o in cell.overrides if not o.startswith("seed="))
-        if key not in configs:  # cells differing only in seed share every other setting
+        key = cell.settings
+        if key not in configs:
             configs[key] = compose_config(list(cell.overrides))
             validate(configs[key])
         seed = [o.split("=", 1)[1] for o in cell.overrides if o.startswith("seed=")]
@@ -52,18 +52,23 @@ def run_cells(cells: list[Cell], progress: bool, desc: str) -> dict:
     for cell in bar:
         bar.set_postfix_str(cell.id[-60:])
         cfg = cell.config()
-        key = (cfg.encoder.name, cfg.device)
         try:
-            if key not in anchors:  # one frozen base per encoder for all its cells
-                from core.loading import base_source, load_encoder
-
-                anchors[key] = load_encoder(base_source(cfg.encoder, cfg.progress), cfg.device)
-            run_cell(cell.directory, cfg, cell.id, anchor=anchors[key])
+            run_cell(cell.directory, cfg, cell.id, anchor=anchor_for(cfg, anchors))
             computed += 1
         except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
             failures.append({"cell": cell.id, "reason": one_line(exc)})
             log.error("cell %s failed: %s", cell.id, failures[-1]["reason"])
     return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
+
+
+def anchor_for(cfg, anchors: dict):
+    """The frozen base of the cell's encoder, loaded once into `anchors` for all its cells."""
+    key = (cfg.encoder.name, cfg.device)
+    if key not in anchors:
+        from core.loading import base_source, load_encoder
+
+        anchors[key] = load_encoder(base_source(cfg.encoder, cfg.progress), cfg.device)
+    return anchors[key]
 
 
 def run_phase(cells: list[Cell], cfg, sweep_dir: Path, progress: bool, desc: str) -> dict:
