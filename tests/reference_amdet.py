@@ -7,6 +7,8 @@ first (the reference) over n − 1, instead of dividing by n (upstream's off-by-
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -78,16 +80,19 @@ def checks(model: TextEncoder, anchor: TextEncoder, hidden: torch.Tensor, v: tor
 
 
 def landscape(model, anchor, h, out_clean, v, w: LossWeights, cfg: LandscapeConfig) -> dict:
-    """Grid point by grid point, and a Hessian eigen-decomposition per cell."""
-    v = v.detach().clone().requires_grad_(True)
+    """Grid point by grid point, and a Hessian eigen-decomposition per cell; all of it in float64
+    (on float64 copies of both models), as the fast path computes it."""
+    model, anchor = copy.deepcopy(model).double(), copy.deepcopy(anchor).double()
+    h, out_clean = h.detach().double(), out_clean.detach().double()
+    v = v.detach().double().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss_one(model, anchor, h, out_clean, v, w), v)
     d1 = -grad / grad.norm()
-    d2 = torch.randn(v.shape, generator=torch.Generator().manual_seed(cfg.seed)).to(v.device)
+    d2 = torch.randn(v.shape, generator=torch.Generator().manual_seed(cfg.seed)).to(v)
     d2 = d2 - (d2 * d1).sum() * d1
     d2 = d2 / d2.norm()
     span = cfg.span * v.norm().item() if cfg.relative else cfg.span
-    alphas = torch.linspace(-span, span, cfg.points)
-    grid = torch.zeros(cfg.points, cfg.points)
+    alphas = torch.linspace(-span, span, cfg.points, dtype=torch.float64)
+    grid = torch.zeros(cfg.points, cfg.points, dtype=torch.float64)
     with torch.no_grad():
         for i, a in enumerate(alphas):
             for j, b in enumerate(alphas):

@@ -70,8 +70,10 @@ def test_landscape_matches(models, data):
     i = data.test[:1]
     fast = landscape(model, anchor, data.hidden[i], data.output[i], v, LossWeights(), cfg)
     slow = ref.landscape(model, anchor, data.hidden[i[0]], data.output[i[0]], v, LossWeights(), cfg)
-    assert torch.allclose(fast["grid"], slow["grid"], atol=1e-5)
-    assert torch.allclose(fast["eigenvalues"].double().sort().values, slow["eigenvalues"].sort().values, atol=1e-2)
+    assert fast["dtype"] == "float64" and fast["grid"].dtype == slow["grid"].dtype == torch.float64
+    # both in float64 on the same directions: batching is the only difference left (float32: 1e-5, 1e-2)
+    assert torch.allclose(fast["grid"], slow["grid"], rtol=0, atol=1e-12)
+    assert torch.allclose(fast["eigenvalues"].sort().values, slow["eigenvalues"].sort().values, rtol=0, atol=1e-10)
     assert fast["positive_ratio"] == slow["positive_ratio"]
 
 
@@ -83,7 +85,7 @@ def test_whole_scan_matches(models):
     fast = scan(model, anchor, PROMPTS, cfg, progress=False)
     slow = ref.scan(model, anchor, ref.shallow_set(model, PROMPTS, cfg.test_share, cfg.seed), cfg)
     assert fast["steps"] == slow["steps"] and fast["verdict"] == slow["verdict"]
-    assert fast["score"] == pytest.approx(slow["score"], abs=1e-5)
+    assert fast["final_assimilation"] == pytest.approx(slow["score"], abs=1e-5)  # the reference scores the final v
     assert torch.allclose(fast["v"], slow["v"], atol=1e-4)
     assert [round(c["assim_ratio"], 6) for c in fast["checks"]] == [round(c["assim_ratio"], 6) for c in slow["checks"]]
 
