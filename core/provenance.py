@@ -12,6 +12,9 @@ import socket
 import subprocess
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "hydra-core", "submitit", "numpy", "pandas")
 
@@ -20,6 +23,30 @@ def config_hash(obj, length: int = 16) -> str:
     """A stable hash of a JSON-able config (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def settings_hash(cfg, keys, ignore=()) -> str:
+    """config_hash of the resolved settings under `keys` (top-level or dotted names, e.g.
+    "training.attack", kept nested; absent ones skipped) less the dotted `ignore` paths: the key of
+    everything an artefact (a cell's result, a stored model) depends on, and of nothing else."""
+    absent = object()
+    settings: dict = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is absent:
+            continue
+        *parents, leaf = key.split(".")
+        node = settings
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    for dotted in ignore:
+        *parents, leaf = dotted.split(".")
+        node = settings
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return config_hash(settings)
 
 
 def source_hash(*relative_paths: str) -> str:
@@ -79,3 +106,28 @@ def hardware() -> dict:
 def provenance() -> dict:
     """Everything needed to say which code on which machine produced an artefact."""
     return {"code": code_version(), "packages": package_versions(), "hardware": hardware()}
+
+
+PRECISIONS = ("fp32",)  # what the loops compute in today; `precision` in the config picks one
+
+
+def compute_record(cfg) -> dict:
+    """How a result was computed, for its result.json: the device as resolved ("cuda" → "cuda:0"),
+    the precision and torch's CPU threads. Results computed on another device type or in another
+    precision differ beyond float noise, so a sweep refuses to mix them (`compute_mismatch`);
+    thread counts change only the order of reductions and are recorded, not refused."""
+    device = torch.device(cfg.get("device") or "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return {"device": str(device), "precision": cfg.get("precision", "fp32"), "threads": torch.get_num_threads()}
+
+
+def compute_mismatch(recorded: dict | None, cfg) -> tuple[str, str, str] | None:
+    """(what, recorded, current) when a result's `compute` record differs from how `cfg` computes in
+    device type or precision; None when they agree or the result predates the record. Reads the
+    config alone (initialises no GPU), so a sweep can check before its workers start."""
+    if not recorded:
+        return None
+    pairs = (("device type", torch.device(recorded["device"]).type, torch.device(cfg.get("device") or "cpu").type),
+             ("precision", recorded.get("precision", "fp32"), cfg.get("precision", "fp32")))
+    return next(((what, was, now) for what, was, now in pairs if was != now), None)

@@ -19,10 +19,48 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.encoders import TextEncoder
-from core.provenance import provenance
+from core.provenance import provenance, settings_hash
 
 MANIFEST = "manifest.json"
 KINDS = ("base", "backdoor", "benign")
+# what a stored model depends on, by kind: hashed into its manifest's settings_key, so that a job
+# never hands back a model made with another base, training, attack, prompts or seed
+MODEL_SETTINGS = {
+    "backdoor": ("encoder", "training.attack", "attack", "prompts", "pools", "seed"),
+    "benign": ("encoder", "training.benign", "benign", "prompts", "seed"),
+}
+# per benign mode, what it does not read: how many checkpoints a run keeps is not what each one is
+# (no schedule depends on the run's length), so all checkpoints of a run share one key
+NOT_MODEL = {"checkpoints": ("benign.models", "benign.steps"), "independent": ("benign.models", "benign.checkpoint_every")}
+
+
+class StaleModel(ValueError):
+    """A stored model made with other settings than the current config's."""
+
+
+def model_settings_key(cfg, kind: str) -> str:
+    """The settings key of the `kind` model (backdoor or benign) that `cfg` makes."""
+    ignore = NOT_MODEL.get(cfg.benign.mode, ()) if kind == "benign" else ()
+    return settings_hash(cfg, MODEL_SETTINGS[kind], ignore)
+
+
+def stored_model(directory: str | os.PathLike, key: str) -> dict | None:
+    """The manifest of the model in `directory` when it was made with the settings `key` names, None
+    when there is none. A model of other settings (or one that records no key) raises StaleModel:
+    handing it back would pass another config's model off as this one's."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        return None
+    manifest = read_manifest(directory)
+    recorded = manifest.get("settings_key")
+    if recorded != key:
+        why = f"settings key {recorded} vs {key}" if recorded else "its manifest records no settings key"
+        raise StaleModel(
+            f"{directory} holds a model made with other settings than the current config's ({why}: e.g. another "
+            "base, training, attack or benign config, prompts or seed); delete or move it to make this one there, "
+            "or set job.out to another directory"
+        )
+    return manifest
 
 
 @contextlib.contextmanager
@@ -46,10 +84,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def save_model(encoder: TextEncoder, directory: str | os.PathLike, manifest: dict, overwrite: bool = False) -> Path:
+TRAIN_PROMPTS = "train_prompts.txt"  # the clean prompts a model was trained on, one per line
+
+
+def save_model(encoder: TextEncoder, directory: str | os.PathLike, manifest: dict, overwrite: bool = False,
+               train_prompts: list[str] | None = None) -> Path:
     """Write `encoder` and its manifest into `directory`, atomically (a failed save leaves nothing).
 
     The manifest must say its `kind` (base, backdoor or benign); provenance is added here.
+    `train_prompts`: the exact clean prompts it was trained on, kept beside it (TRAIN_PROMPTS) so that
+    anyone can check that no detector saw them.
     """
     directory = Path(directory)
     if manifest.get("kind") not in KINDS:
@@ -61,6 +105,8 @@ def save_model(encoder: TextEncoder, directory: str | os.PathLike, manifest: dic
     try:
         encoder.save(tmp)
         write_json_atomic(tmp / MANIFEST, {**manifest, "provenance": provenance()})
+        if train_prompts is not None:
+            (tmp / TRAIN_PROMPTS).write_text("".join(f"{p}\n" for p in train_prompts), encoding="utf-8")
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)

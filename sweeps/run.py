@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from core.errors import one_line
+from core.provenance import compute_mismatch
 from core.store import write_json_atomic
 from sweeps.cell import finished, run_cell
 from sweeps.grid import Cell, compose_config, plan
@@ -23,9 +24,14 @@ log = logging.getLogger("amdet")
 SWEEP_FILE = "sweep.json"  # what a sweep directory was launched with: enough to resume it
 
 
+class MixedCompute(ValueError):
+    """A finished cell computed on another device type or in another precision than the current config."""
+
+
 def check_all(cells: list[Cell]) -> None:
     """Compose and validate every cell before the first one starts (a bad override fails at once), and
-    refuse a sweep whose finished cells were made with other settings (StaleResult names the first)."""
+    refuse a sweep whose finished cells were made with other settings (StaleResult names the first) or
+    computed on another device type or precision (MixedCompute, unless experiment.allow_mixed_compute)."""
     configs = {}
     for cell in cells:
         key = cell.settings
@@ -36,7 +42,16 @@ def check_all(cells: list[Cell]) -> None:
         cfg = configs[key].copy()
         if seed:
             cfg.seed = int(seed[-1])
-        finished(cell.directory, cfg)
+        done = finished(cell.directory, cfg)
+        # one table's cells computed on a CPU and a GPU (or in fp32 and bf16) differ beyond float noise
+        mismatch = compute_mismatch(done.get("compute"), cfg) if done else None
+        if mismatch and not cfg.experiment.get("allow_mixed_compute"):
+            what, was, now = mismatch
+            raise MixedCompute(
+                f"{cell.directory / 'result.json'} was computed with {what} {was!r} but the current config computes "
+                f"with {now!r}; set {what.split()[0]}={was} to continue the sweep as it was computed, move the cell "
+                "away to recompute it, or set experiment.allow_mixed_compute=true to mix them"
+            )
 
 
 def record_sweep(sweep_dir: Path, overrides: list[str], scored: list[Cell], calibration: list[Cell]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+
+from core.provenance import PRECISIONS
 
 KINDS = ("backdoor", "benign")
 
@@ -42,3 +45,11 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"experiment.{key} must be a positive number of {'cells' if key == 'cells_per_task' else 'tasks'}, got {value}")
     worker_count(cfg)
     check_every_s(cfg.snapshots.every_s)
+    if not isinstance(cfg.experiment.get("allow_mixed_compute", False), bool):
+        raise ValueError(f"experiment.allow_mixed_compute must be true or false, got {cfg.experiment.allow_mixed_compute}")
+    if cfg.get("precision", "fp32") not in PRECISIONS:
+        raise ValueError(f"unknown precision '{cfg.precision}'; choose one of {', '.join(PRECISIONS)}")
+    try:  # a result records its device (result.json "compute"): it must name one
+        torch.device(cfg.device)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{cfg.device}'; set device to cpu, cuda or cuda:N") from None
