@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from analyze.collect import TABLE_NAME, collect, summary, write_parquet_atomic
-from analyze.report import NoResults, report, table1_markdown
+from analyze.report import NoResults, report, table1_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except NoResults as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(table1_markdown(tables["table1"]))
+    print(table1_text(tables))
     print((args.out or args.sweep_dir / "report") / "report.md")
     return 0
 

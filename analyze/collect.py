@@ -3,6 +3,10 @@
 One row per result file. Cell coordinates keep their own names (encoder, paradigm, ...), the other
 sections are prefixed (truth_*, attack_*, times_*, variant_*); lists become "; "-joined strings and
 nested objects (config, assimilation) JSON strings, so the table stays flat and parquet-friendly.
+The nested values the tables read get columns of their own: the verdict and thresholds source of each
+threshold regime (verdict_paper, verdict_calibrated, ...), the difficulty floor (weight_distance,
+output_drift) and the attack's trigger position and success by position (trigger_position_relative,
+attack_asr_start, ...). Results written before these existed leave them null.
 """
 
 from __future__ import annotations
@@ -28,13 +32,19 @@ COLUMNS = [
     "attack_asr", "attack_utility", "attack_assimilation_clean", "attack_assimilation_triggered",
     "verdict", "score", "sim", "landscape_ratio", "steps", "time_s", "thresholds_source",
     "phase", "detection_s", "score_cut", "score_verdict",
+    "verdict_paper", "verdict_calibrated", "thresholds_source_paper", "thresholds_source_calibrated", "score_steps",
+    "weight_distance", "output_drift",
+    "trigger_position_relative", "trigger_position_token", "attack_asr_start", "attack_asr_middle", "attack_asr_end",
     "git_commit", "git_dirty", "hostname", "gpu", "cpu", "config", "assimilation",
 ]
-INT_COLUMNS = ["trigger_length", "trigger_count", "seed", "benign_step", "steps"]
+INT_COLUMNS = ["trigger_length", "trigger_count", "seed", "benign_step", "steps", "score_steps"]
 TOP_LEVEL = ["status", "reason", "traceback", "experiment", "verdict", "score", "sim",
              "landscape_ratio", "steps", "time_s", "thresholds_source",
              # optional: the failing phase of an error, the detector's own time, a calibrated score cut
-             "phase", "detection_s", "score_cut", "score_verdict"]
+             "phase", "detection_s", "score_cut", "score_verdict",
+             "score_steps"]  # the inversion steps the budget-fixed score was measured at
+REGIMES = ("paper", "calibrated")  # the threshold regimes a scan records a verdict under
+POSITIONS = ("start", "middle", "end")  # where attack success was measured with the trigger inserted
 
 
 def collect(sweep_dir: str | os.PathLike) -> pd.DataFrame:
@@ -69,7 +79,17 @@ def flatten(record: dict) -> dict:
     row["variant"] = variant_label(variant)
     row.update(prefixed("variant", variant))
     row.update(prefixed("truth", record.get("truth")))
-    row.update(prefixed("attack", record.get("attack")))
+    attack = record.get("attack") or {}
+    row.update(prefixed("attack", attack))
+    verdicts, sources = record.get("verdicts") or {}, record.get("thresholds_sources") or {}
+    for regime in REGIMES:
+        row[f"verdict_{regime}"], row[f"thresholds_source_{regime}"] = verdicts.get(regime), sources.get(regime)
+    floor = record.get("floor") or {}
+    row.update(weight_distance=floor.get("weight_distance"), output_drift=floor.get("output_drift"))
+    position, asr = attack.get("trigger_position") or {}, attack.get("asr_by_position") or {}
+    row.update(trigger_position_relative=position.get("relative_mean"),
+               trigger_position_token=position.get("token_mean"))
+    row.update({f"attack_asr_{where}": asr.get(where) for where in POSITIONS})
     row.update(prefixed("times", record.get("times")))
     prov = record.get("provenance") or {}
     code, hardware = prov.get("code") or {}, prov.get("hardware") or {}
@@ -142,12 +162,15 @@ def summary(df: pd.DataFrame) -> str:
 
 
 def load_results(sweep_dir: str | os.PathLike) -> pd.DataFrame:
-    """results.parquet of a sweep, (re)collected first when missing or older than a result.json."""
+    """results.parquet of a sweep, (re)collected first when missing, older than a result.json, or
+    written before a column of COLUMNS existed (its rows would lack what the tables read)."""
     root = Path(sweep_dir)
     table = root / TABLE_NAME
     files = list(root.rglob(RESULT_NAME))
     if table.is_file() and all(f.stat().st_mtime <= table.stat().st_mtime for f in files):
-        return pd.read_parquet(table)
+        df = pd.read_parquet(table)
+        if set(COLUMNS) <= set(df.columns):
+            return df
     df = collect(root)
     if len(df):
         write_parquet_atomic(df, table)

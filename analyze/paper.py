@@ -37,6 +37,16 @@ def ablation(experiment: str) -> dict:
     return load().get("ablations", {}).get(experiment) or {}
 
 
+def matches(value, ours: dict) -> bool:
+    """Does a paper row's `value` name a row of ours (`ours`: its key columns → values)? A plain value
+    names a row keyed by one column; a mapping names a row keyed by several (Table IV's three
+    thresholds), by the experiment's variant keys: scan.checks.assim_ratio → variant_scan.checks.assim_ratio."""
+    if isinstance(value, dict):
+        wanted = {f"variant_{key}": v for key, v in value.items()}
+        return wanted.keys() == ours.keys() and all(same_value(v, ours[c]) for c, v in wanted.items())
+    return len(ours) == 1 and same_value(value, next(iter(ours.values())))
+
+
 def same_value(a, b) -> bool:
     """Sweep values against paper values: 4000 == "4000" == 4000.0, "Dev+Assim" == "assim+dev"."""
     return normalise(a) == normalise(b)

@@ -58,6 +58,15 @@ def metric_display(tab: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
     return out
 
 
+def ci_display(tab: pd.DataFrame, keys: dict[str, str], stats: dict[str, str]) -> pd.DataFrame:
+    """Key columns, n, then each statistic (column → title) with its 95 % CI (columns NAME_lo, NAME_hi)."""
+    out = pd.DataFrame({title: tab[col].map(label) for col, title in keys.items()})
+    out["n (bd / bn)"] = [f"{b} / {n}" for b, n in zip(tab["n_backdoor"], tab["n_benign"])]
+    for col, title in stats.items():
+        out[title] = [with_ci(*v) for v in zip(tab[col], tab[f"{col}_lo"], tab[f"{col}_hi"])]
+    return out
+
+
 def plain_display(tab: pd.DataFrame) -> pd.DataFrame:
     """Any other table: numbers to two decimals (counts stay integers), missing values as a dash."""
     out = tab.copy().astype(object)

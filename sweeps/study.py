@@ -12,13 +12,12 @@ from sweeps.run import run_experiment
 def run(cfg: DictConfig) -> dict:
     overrides = [f"experiment={cfg.job.experiment}", *command_line(), *cfg.job.overrides]
     summary = run_experiment(overrides, progress=cfg.progress)
-    from analyze.report import table1_markdown
+    from analyze.report import table1_text
 
     tables = summary.get("report") or {}
     print()
-    if "table1" in tables:
-        print(f"Table I — {cfg.job.experiment} (ours) next to the paper's:")
-        print(table1_markdown(tables["table1"]))
+    if "table1" in tables:  # under the paper's fixed thresholds and the calibrated profile, then the floor line
+        print(table1_text(tables, f", {cfg.job.experiment} (ours) next to the paper's"))
     for phase in ("calibration", "scored"):
         s = summary.get(phase)
         if s and s["failed"]:
