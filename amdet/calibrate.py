@@ -79,10 +79,13 @@ def split(pos: list[float], neg: list[float]) -> tuple[float | None, str, float]
     return None, "no signal", auroc
 
 
-def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds) -> tuple[CheckThresholds, float, dict]:
-    """Thresholds, score cut and a report of every statistic's class ranges from per-model statistics."""
-    if len(backdoor) < 2 or len(benign) < 2:
-        raise ValueError(f"calibration needs at least 2 backdoored and 2 benign models, got {len(backdoor)} and {len(benign)}")
+def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds, min_models: int = 2) -> tuple[CheckThresholds, float, dict]:
+    """Thresholds, score cut and a report of every statistic's class ranges from per-model statistics;
+    at least `min_models` of each class, since a check may be switched off on this evidence alone."""
+    if len(backdoor) < max(2, min_models) or len(benign) < max(2, min_models):
+        raise ValueError(f"calibration needs at least {max(2, min_models)} backdoored and {max(2, min_models)} benign models, "
+                         f"got {len(backdoor)} and {len(benign)}; add calibration models (e.g. experiment.calibration_seeds) "
+                         "or lower calibration.min_models")
     fitted, report = {}, {}
     for key in RATIOS[:3]:
         pos, neg = [s[key] for s in backdoor], [s[key] for s in benign]
@@ -183,7 +186,8 @@ def fit_profile(results: list[dict], cfg: DictConfig) -> dict:
             raise ValueError(f"{r.get('model_path')}: not an observed scan of a stored model; calibrate from cell.observe=true cells")
         groups[r["truth"]["kind"]].append(model_statistics(r))
     base = CheckThresholds(**OmegaConf.to_container(cfg.scan.checks, resolve=True))
-    thresholds, score_cut, report = fit(groups["backdoor"], groups["benign"], base)
+    thresholds, score_cut, report = fit(groups["backdoor"], groups["benign"], base, int(cfg.calibration.min_models))
+    paradigms = sorted({r["truth"].get("paradigm") for r in results if r["truth"]["kind"] == "backdoor"} - {None})
     name = profile_name(family, hidden)
     print(f"calibrated {name} on {len(groups['backdoor'])} backdoored + {len(groups['benign'])} benign models")
     for key, r in report.items():
@@ -198,6 +202,7 @@ def fit_profile(results: list[dict], cfg: DictConfig) -> dict:
             "written": datetime.datetime.now().isoformat(timespec="seconds"),
             "models": [model_identity(r["model_path"]) | {"config_hash": r["truth"].get("config_hash")} for r in results],
             "counts": {k: len(v) for k, v in groups.items()},
+            "paradigms": paradigms,  # a defender does not know the attack: calibrate on every paradigm
             "fit": report,
             "scan": {k: v for k, v in OmegaConf.to_container(cfg.scan, resolve=True).items()
                      if k not in ("model_path", "anchor_path", "thresholds")},

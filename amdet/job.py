@@ -23,42 +23,67 @@ from amdet.fidelity import trigger_similarities
 from amdet.inversion import LossWeights
 from amdet.landscape import LandscapeConfig
 from amdet.outputs import write_artifacts, write_result
-from amdet.profiles import check_disjoint, find_profile, load_profile, profile_checks, require_file
+from amdet.profiles import check_disjoint, find_profile, load_profile, overridden_checks, profile_checks, require_file
 from amdet.scan import ScanConfig, scan
 from core.encoders import TextEncoder
 from core.errors import one_line
 from core.loading import load_encoder
 from core.prompts import make_prompt_source
-from core.provenance import provenance
+from core.provenance import compute_record, provenance
 from core.settings import from_config
 from core.snapshot import snapshots_for
-from core.store import MANIFEST, read_manifest
+from core.drift import drift
+from core.store import MANIFEST, atomic_write, read_manifest
 
 log = logging.getLogger("amdet")
+SHALLOW_PROMPTS = "shallow_prompts.txt"  # beside result.json: the prompts the scan used, one per line
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def thresholds_of(s: DictConfig, paths: DictConfig, model: TextEncoder, observe: bool) -> tuple[CheckThresholds, dict]:
-    """The scan's thresholds and where they came from: scan.thresholds=FILE, else the calibrated
-    profile matching the model's family and width, else the config (the paper's CLIP-L values)."""
+PAPER, CALIBRATED = "paper", "calibrated"  # the two threshold regimes every scored scan reports
+
+
+def explicit_checks(cfg: DictConfig) -> set[str]:
+    """Check thresholds the user set on purpose (scan.checks.X=...): they win over a profile. A sweep's
+    cell lists its own in scan.explicit_checks; a plain job reads its command line."""
+    listed = cfg.scan.get("explicit_checks")
+    if listed is not None:
+        return set(listed)
+    if not HydraConfig.initialized():
+        return set()
+    return set(overridden_checks(HydraConfig.get().overrides.task))
+
+
+def regimes(cfg: DictConfig, model: TextEncoder, observe: bool) -> dict[str, tuple[CheckThresholds, dict]]:
+    """Name → (thresholds, where they came from) of every regime the scan decides under:
+    - paper: the fixed thresholds in scan.checks (the paper's CLIP-L values, or the user's);
+    - calibrated: a profile (scan.thresholds=FILE, else the one in paths.profiles_dir matching the
+      model's family and width), with explicitly set scan.checks.* values winning over it; absent
+      when there is no profile.
+    An observing (calibration) scan has one regime that checks everything and decides nothing."""
+    s = cfg.scan
     values = OmegaConf.to_container(s.checks, resolve=True)
-    source = {"source": f"config: {s.profile}", "score_cut": None}
-    path = Path(s.thresholds) if s.thresholds else find_profile(paths.get("profiles_dir"), model.family.name, model.hidden_size)
-    if path is not None and not observe:
-        profile = load_profile(path)
-        check_disjoint(profile, s.model_path, f"profile {path}")
-        values.update(profile_checks(profile))
-        fitted_with, current = profile.get("calibration", {}).get("scan", {}), OmegaConf.to_container(s, resolve=True)
-        for key in ("prompts", "inversion", "weights"):
-            if key in fitted_with and fitted_with[key] != current.get(key):
-                log.warning("profile %s was fitted with other scan.%s settings than this scan uses; its "
-                            "thresholds may not transfer (recalibrate with these settings)", path, key)
-        kind = "file" if s.thresholds else "profile"
-        source = {"source": f"{kind}: {path}", "profile": profile.get("profile"), "score_cut": profile.get("score_cut")}
-    thresholds = from_config(CheckThresholds, values, "scan.checks")
+    paper = thresholds_defaults(s)
     if observe:
-        thresholds, source = observing(thresholds), {"source": "calibration: observe mode", "score_cut": None}
-    return thresholds, source
+        return {"observe": (observing(paper), {"source": "calibration: observe mode", "score_cut": None})}
+    out = {PAPER: (paper, {"source": f"config: {s.profile}", "score_cut": None})}
+    path = Path(s.thresholds) if s.thresholds else find_profile(cfg.paths.get("profiles_dir"), model.family.name, model.hidden_size)
+    if path is None:
+        return out
+    profile = load_profile(path)
+    check_disjoint(profile, s.model_path, f"profile {path}")
+    explicit = explicit_checks(cfg)
+    fitted = {k: v for k, v in profile_checks(profile).items() if k not in explicit}
+    fitted_with, current = profile.get("calibration", {}).get("scan", {}), OmegaConf.to_container(s, resolve=True)
+    for key in ("prompts", "inversion", "weights"):
+        if key in fitted_with and fitted_with[key] != current.get(key):
+            log.warning("profile %s was fitted with other scan.%s settings than this scan uses; its "
+                        "thresholds may not transfer (recalibrate with these settings)", path, key)
+    kind = "file" if s.thresholds else "profile"
+    source = {"source": f"{kind}: {path}" + (f" (explicit: {', '.join(sorted(explicit))})" if explicit else ""),
+              "profile": profile.get("profile"), "score_cut": profile.get("score_cut")}
+    out[CALIBRATED] = (from_config(CheckThresholds, {**values, **fitted}, "scan.checks"), source)
+    return out
 
 
 def thresholds_defaults(s: DictConfig) -> CheckThresholds:
@@ -124,13 +149,16 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
             extra: dict | None = None, earlier_times: dict | None = None) -> dict:
     """Scan cfg.scan.model_path against cfg.scan.anchor_path; write out/result.json (ok or error).
 
+    One inversion per threshold regime (paper's fixed thresholds, calibrated profile), on the same
+    shallow features; the primary regime (calibrated when there is a profile) gives the top-level
+    verdict and the artefacts in `out`, the other its own in out/regimes/<name>/.
     observe: the calibration mode (checks from the first step, no early stop, no verdict rule).
     anchor: the anchor already loaded (a cell job's base); extra: more fields for result.json;
     earlier_times: phase times (seconds) measured before the scan, e.g. a cell's training.
     """
     s = cfg.scan
     t0 = time.perf_counter()
-    base = {**(extra or {}), "model_path": str(s.model_path), "anchor_path": str(s.anchor_path),
+    base = {"compute": compute_record(cfg), **(extra or {}), "model_path": str(s.model_path), "anchor_path": str(s.anchor_path),
             "config": OmegaConf.to_container(cfg, resolve=True), "provenance": provenance()}
     try:
         check_paths(s)
@@ -138,54 +166,96 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         model = load_encoder(s.model_path, cfg.device)
         anchor = anchor or load_encoder(s.anchor_path, cfg.device)
         load_s = time.perf_counter() - t
-        thresholds, source = thresholds_of(s, cfg.paths, model, observe)
-        scan_cfg = scan_config(s, thresholds)
-        if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
-            scan_cfg = dataclasses.replace(scan_cfg, check_early_exit=False)
+        plans = regimes(cfg, model, observe)
         t = time.perf_counter()
-        prompts = make_prompt_source(shallow_source(cfg)).load(s.prompts, seed=s.seed)
+        prompts, shallow_desc = shallow_prompts(cfg)
+        write_prompts(out / SHALLOW_PROMPTS, prompts)
         prompts_s = time.perf_counter() - t
-        snapshots = snapshots_for(cfg, "scan")
-        found = scan(model, anchor, prompts, scan_cfg, cfg.progress, snapshots)
-        files = write_artifacts(out, found)
-        scan_s = time.perf_counter() - t0  # the detection's cost; Sim below is evaluation
+        # the primary regime first: it also measures the budget-fixed score (the same for every regime)
+        order = sorted(plans, key=lambda name: name != (CALIBRATED if CALIBRATED in plans else next(iter(plans))))
+        found, data = {}, None
+        for i, name in enumerate(order):
+            scan_cfg = scan_config(s, plans[name][0])
+            if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
+                scan_cfg = dataclasses.replace(scan_cfg, check_early_exit=False)
+            snapshots = snapshots_for(cfg, "scan" if i == 0 else f"scan-{name}")
+            found[name] = scan(model, anchor, prompts, scan_cfg, cfg.progress, snapshots, data=data, with_score=i == 0)
+            data = found[name].pop("data")
+        primary = found[order[0]]
+        files = write_artifacts(out, primary)
+        for name in order[1:]:
+            write_artifacts(out / "regimes" / name, found[name])
+        scan_s = time.perf_counter() - t0  # the detection's cost; Sim and the floor below are evaluation
         t = time.perf_counter()
-        truth, sim = ground_truth(s.model_path, model, found)
+        truth, sim = ground_truth(s.model_path, model, primary)
+        floor = drift(model, anchor, primary["test_prompts"])
         sim_s = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 — every failure must end in a result that says so
         write_result(out, {**base, "status": "error", "reason": one_line(exc), "traceback": traceback.format_exc(),
                            **({"times": earlier_times} if earlier_times else {}),
                            "time_s": round(time.perf_counter() - t0, 2)})
         raise
-    times = {**(earlier_times or {}), "load_s": load_s, "prompts_s": prompts_s, **found["times"]}
-    detection_s = sum(found["times"].values())
-    cut = source["score_cut"]
+    name0 = order[0]
+    times = {**(earlier_times or {}), "load_s": load_s, "prompts_s": prompts_s,
+             **{k: sum(f["times"].get(k, 0.0) for f in found.values()) for k in primary["times"]}}
+    detection_s = sum(sum(f["times"].values()) for f in found.values())
+    cut = plans[name0][1]["score_cut"]
     result = {
         **base,
         "status": "ok",
         "model": {"family": model.family.name, "hidden_size": model.hidden_size, "max_length": model.max_length},
-        "verdict": None if observe else found["verdict"],  # an observing scan decides nothing
-        "score": found["score"],
+        "verdict": None if observe else primary["verdict"],  # an observing scan decides nothing
+        "verdicts": None if observe else {PAPER: found[PAPER]["verdict"],
+                                          CALIBRATED: found[CALIBRATED]["verdict"] if CALIBRATED in found else None},
+        "thresholds_sources": None if observe else {PAPER: plans[PAPER][1]["source"],
+                                                    CALIBRATED: plans[CALIBRATED][1]["source"] if CALIBRATED in plans else None},
+        "regimes": {name: regime_record(found[name], plans[name]) for name in order},
+        "score": primary["score"],  # budget-fixed: the same under every regime
+        "score_steps": primary["score_steps"],
+        "final_assimilation": primary["final_assimilation"],
         "score_cut": cut,
-        "score_verdict": None if cut is None else ("backdoor" if found["score"] > cut else "benign"),
+        "score_verdict": None if cut is None else ("backdoor" if primary["score"] > cut else "benign"),
         "sim": sim,
         "truth": truth,
-        "landscape_ratio": found["landscape_ratio"],
-        "best_running_loss": found["best_running_loss"],
-        "steps": found["steps"],
-        "resumed_from_step": found["resumed_from_step"],  # a requeued scan continued its inversion here
-        "thresholds": vars(scan_cfg.thresholds),
-        "thresholds_source": source["source"],
-        "checks": found["checks"],
-        "shallow": found["shallow"],
+        "floor": floor,
+        "landscape_ratio": primary["landscape_ratio"],
+        "best_running_loss": primary["best_running_loss"],
+        "steps": primary["steps"],
+        "resumed_from_step": primary["resumed_from_step"],  # a requeued scan continued its inversion here
+        "thresholds": vars(plans[name0][0]),
+        "thresholds_source": plans[name0][1]["source"],
+        "checks": primary["checks"],
+        "shallow": {**primary["shallow"], **shallow_desc, "file": SHALLOW_PROMPTS},
         "files": files,
         "times": {k: round(v, 3) for k, v in {**times, "sim_s": sim_s}.items()},
-        "detection_s": round(detection_s, 2),  # the detector's own phases: features, inversion, checks, landscape
-        "time_s": round(scan_s, 2),  # one detection: loading, prompts, the scan, its artefacts
+        "detection_s": round(detection_s, 2),  # the detector's own phases, every regime: features, inversion, checks, landscape
+        "time_s": round(scan_s, 2),  # one detection: loading, prompts, the scans, their artefacts
     }
     path = write_result(out, result)
-    snapshots.clear()
+    for name in order:
+        snapshots_for(cfg, "scan" if name == name0 else f"scan-{name}").clear()
     sim_text = f", Sim {sim:.3f}" if sim is not None else ""
-    print(f"{result['verdict'] or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
+    verdicts = ", ".join(f"{k} {v}" for k, v in (result["verdicts"] or {}).items() if v)
+    print(f"{verdicts or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
           f"{result['steps']} steps{sim_text}, {result['time_s']:.1f} s) → {path}")
     return result
+
+
+def regime_record(found: dict, plan: tuple[CheckThresholds, dict]) -> dict:
+    """What one regime's scan decided, and on what: its thresholds, steps, checks, landscape, times."""
+    return {"verdict": found["verdict"], "thresholds": vars(plan[0]), "thresholds_source": plan[1]["source"],
+            "steps": found["steps"], "best_running_loss": found["best_running_loss"],
+            "landscape_ratio": found["landscape_ratio"], "checks": found["checks"],
+            "times": {k: round(v, 3) for k, v in found["times"].items()}}
+
+
+def shallow_prompts(cfg: DictConfig) -> tuple[list[str], dict]:
+    """The scan's shallow prompts — the defender's share of its source, disjoint from every model's
+    training prompts — and what the result records of where they came from."""
+    source = make_prompt_source(shallow_source(cfg))
+    return source.load(cfg.scan.prompts, seed=cfg.scan.seed, role="defender"), source.describe("defender")
+
+
+def write_prompts(path: Path, prompts: list[str]) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")

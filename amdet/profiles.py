@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from core.provenance import config_hash
 from core.store import MANIFEST, read_manifest
 
 
@@ -48,6 +49,24 @@ def load_profile(path: str | Path) -> dict:
 def profile_checks(profile: dict) -> dict:
     """The check thresholds of a loaded profile: its `checks` block, or the whole file when it is flat."""
     return profile.get("checks", profile)
+
+
+def overridden_checks(overrides) -> list[str]:
+    """The check thresholds an override list sets on purpose (scan.checks.X=...): they win over a profile."""
+    keys = (str(o).split("=", 1)[0].lstrip("+~") for o in overrides)
+    return sorted({k.removeprefix("scan.checks.") for k in keys if k.startswith("scan.checks.")})
+
+
+def profiles_fingerprint(thresholds_file: str | None, profiles_dir: str | Path | None) -> str | None:
+    """A hash of what the profile(s) a scored scan may use decide with — the file it names, else every
+    profile in the directory: thresholds and score cut, not when they were fitted — so that a refit
+    that changes them makes the cells scored with the old ones stale."""
+    if thresholds_file:
+        paths = [Path(thresholds_file)]
+    else:
+        paths = sorted(Path(profiles_dir).glob("*.yaml")) if profiles_dir and Path(profiles_dir).is_dir() else []
+    decided = {p.name: [profile_checks(d := load_profile(p)), d.get("score_cut")] for p in paths if p.is_file()}
+    return config_hash(decided) if decided else None
 
 
 def find_profile(profiles_dir: str | Path | None, family: str, hidden_size: int) -> Path | None:

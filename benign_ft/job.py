@@ -25,8 +25,8 @@ from core.metrics import assimilation
 from core.prompts import make_prompt_source
 from core.provenance import config_hash
 from core.settings import from_config
-from core.snapshot import snapshots_for
-from core.store import MANIFEST, read_manifest, save_model
+from core.snapshot import Snapshots, snapshots_for
+from core.store import model_settings_key, read_manifest, save_model, stored_model
 
 log = logging.getLogger("amdet")
 MODES = ("checkpoints", "independent")
@@ -50,9 +50,34 @@ def planned(cfg: DictConfig) -> dict[int, Path]:
     return {k * b.checkpoint_every: out / f"step{k * b.checkpoint_every:05d}" for k in range(1, b.models + 1)}
 
 
+def checkpoint_dirs(cfg: DictConfig, steps: set[int]) -> dict[int, Path]:
+    """Step → directory of the given checkpoints of a checkpoints-mode run in job.out."""
+    b = cfg.benign
+    if b.mode != "checkpoints" or any(s <= 0 or s % b.checkpoint_every for s in steps):
+        raise ValueError(f"checkpoints {sorted(steps)} need benign.mode=checkpoints and multiples of "
+                         f"benign.checkpoint_every={b.checkpoint_every}")
+    return {s: Path(cfg.job.out) / f"step{s:05d}" for s in sorted(steps)}
+
+
+def run_state(cfg: DictConfig, key: str, step: int) -> Snapshots:
+    """The run's saved state, to continue it up to `step`; a state already at or past `step` is left for
+    the later checkpoints it serves, and this job trains from step 0 (the same run: same seed, same order)."""
+    state = Snapshots(Path(cfg.job.out) / RUN_STATE, float(cfg.snapshots.every_s), key=key)
+    saved = state.load()
+    return Snapshots(None) if saved and saved["step"] >= step else state
+
+
+def benign_prompts(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """(held-out, training) prompts of benign fine-tuning, from the benign share of `prompts` (never
+    the defender's); tiny encoders train on the training ones, real ones on their COCO pairs."""
+    b = cfg.benign
+    prompts = make_prompt_source(cfg.prompts).load(b.eval_prompts + b.train_prompts, seed=cfg.seed, role="benign")
+    return prompts[: b.eval_prompts], prompts[b.eval_prompts :]
+
+
 def pair_set(cfg: DictConfig, hp: BenignHParams, progress: bool) -> PairSet:
     if cfg.encoder.get("tiny"):
-        captions = make_prompt_source(cfg.prompts).load(cfg.benign.train_prompts, seed=cfg.seed)
+        captions = benign_prompts(cfg)[1]
         return tiny_pairs(captions, hp.logit_scale, hp.logit_bias if cfg.encoder.family == "siglip" else None)
     p = cfg.benign.pairs
     return coco_pair_set(p.annotation_file, p.image_dir, cfg.benign.image_tower, p.limit, progress)
@@ -74,11 +99,18 @@ def drift_report(model: TextEncoder, anchor: TextEncoder, prompts: list[str], ba
             "assimilation_clean": mean(assim), "held_out_prompts": len(prompts)}
 
 
-def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
-    """Fine-tune and store benign models; `anchor`: the base already loaded (the cell job's)."""
+RUN_STATE = "run_state.pt"  # a checkpoints run's last state: a later job continues the run from it
+
+
+def run(cfg: DictConfig, anchor: TextEncoder | None = None, steps: set[int] | None = None) -> dict:
+    """Fine-tune and store benign models; `anchor`: the base already loaded (the cell job's).
+    `steps` (checkpoints mode): store only these checkpoints of the run, continuing it from its saved
+    state when that is not past them — a sweep's benign cells each take one checkpoint of a shared run."""
     b = cfg.benign
-    targets = planned(cfg)
-    todo = {step: d for step, d in targets.items() if not (d / MANIFEST).exists()}
+    targets = planned(cfg) if steps is None else checkpoint_dirs(cfg, steps)
+    key = model_settings_key(cfg, "benign")  # the run's, not the step's: its checkpoints share it
+    # stored checkpoints of this run are kept; one made with other settings is refused
+    todo = {step: d for step, d in targets.items() if stored_model(d, key) is None}
     if not todo:
         log.info("all %d benign models already in the store under %s", len(targets), cfg.job.out)
         return {"models": [str(d) for d in targets.values()], "skipped": len(targets)}
@@ -88,13 +120,13 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
     anchor = anchor or load_encoder(source, cfg.device)
     model = load_encoder(source, cfg.device)
     pairs = pair_set(cfg, hp, cfg.progress)
-    held_out = make_prompt_source(cfg.prompts).load(b.eval_prompts, seed=10_000 + cfg.seed)
+    held_out = benign_prompts(cfg)[0]
     setup_s = time.perf_counter() - t0
 
     config = OmegaConf.to_container(cfg, resolve=True)
     run_settings = {"encoder": config["encoder"], "training": config["training"]["benign"], "benign": config["benign"],
                     "prompts": config["prompts"], "seed": cfg.seed}
-    run_id = f"{cfg.encoder.name}-{b.mode}-{config_hash(run_settings)[:10]}"
+    run_id = f"{cfg.encoder.name}-{b.mode}-{key[:10]}"  # the run's settings key: the same for all its checkpoints
     written = []
     train_start = time.perf_counter()
 
@@ -111,23 +143,27 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
             "step": step,
             "seed": cfg.seed,
             "pairs": pairs.source,
+            "prompts": make_prompt_source(cfg.prompts).describe("benign"),
             "loss": round(loss, 5),
             "resumed_from_step": snapshots.resumed_from,  # a requeued job continued its training here
             "metrics": drift_report(model, anchor, held_out),
             "config": config,
             "config_hash": config_hash({**run_settings, "step": step}),
+            "settings_key": key,  # what a rerun checks before keeping this checkpoint
             "timing": {"setup_s": round(setup_s, 2), "train_s": round(time.perf_counter() - train_start, 2)},
         }
-        save_model(model, directory, manifest)
+        save_model(model, directory, manifest, train_prompts=list(pairs.captions))
         written.append(directory)
         m = manifest["metrics"]
         print(f"{cfg.encoder.name} benign step {step}: loss {loss:.3f}  cosine to base {m['cosine_to_base']:.3f} "
               f"(text_embeds {m['cosine_to_base_text_embeds']:.3f})  assimilation {m['assimilation_clean']:.3f}  → {directory}")
 
     # the first planned step is the cadence: checkpoint_every, or the one independent step
-    snapshots = snapshots_for(cfg, "benign")
-    finetune(model, pairs, hp, max(todo), min(targets), save, seed=cfg.seed, progress=cfg.progress, snapshots=snapshots)
-    snapshots.clear()
+    snapshots = snapshots_for(cfg, "benign") if steps is None else run_state(cfg, key, max(todo))
+    finetune(model, pairs, hp, max(todo), min(targets), save, seed=cfg.seed, progress=cfg.progress, snapshots=snapshots,
+             save_at_end=steps is not None)
+    if steps is None:
+        snapshots.clear()
     return {"models": [str(d) for d in targets.values()], "written": [str(d) for d in written],
             "run_id": run_id, "total_s": round(time.perf_counter() - t0, 2),
             "manifests": [read_manifest(d) for d in written]}

@@ -49,9 +49,11 @@ def finetune(
     seed: int = 0,
     progress: bool = True,
     snapshots: Snapshots | None = None,
+    save_at_end: bool = False,
 ) -> list[float]:
     """Train `model` in place for `steps` steps; returns the loss per step. With `snapshots`, a
-    restarted run continues from the last saved step and ends with the same model."""
+    restarted run continues from the last saved step and ends with the same model; `save_at_end`
+    also saves the last state there, so that a later job continues the run beyond `steps`."""
     snapshots = snapshots or Snapshots(None)
     if len(pairs.captions) < 2:
         raise ValueError("contrastive fine-tuning needs at least 2 image-caption pairs")
@@ -96,5 +98,7 @@ def finetune(
             on_checkpoint(step, history[-1])
             model.model.train()
         snapshots.maybe_save(state)
+    if save_at_end and snapshots.path is not None:
+        snapshots.save(state())
     model.model.eval().requires_grad_(False)
     return history

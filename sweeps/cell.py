@@ -20,11 +20,18 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from filelock import FileLock
+
+from amdet.job import explicit_checks, scan_to
 from amdet.outputs import write_result
-from core.loading import base_source, load_encoder
+from amdet.profiles import profiles_fingerprint
+from attacks.job import run as attack
+from attacks.triggers import MAX_LENGTH
+from benign_ft.job import checkpoint_dirs, run as benign
 from core.errors import one_line
-from core.provenance import config_hash, provenance
-from core.store import read_manifest
+from core.loading import base_source, load_encoder
+from core.provenance import compute_record, config_hash, provenance, settings_hash
+from core.store import model_settings_key, read_manifest
 from core.threads import set_threads
 from sweeps.validate import validate
 from sweeps import tracking
@@ -45,16 +52,14 @@ NOT_RESULT = ("cell.keep_model", "scan.landscape.batch", "scan.inversion.check_e
 
 def settings_key(cfg: DictConfig) -> str:
     """A hash of every setting the cell's result depends on, recorded in result.json: a finished result
-    whose key differs from the current config's was made with other settings (another base, attack, scan)."""
-    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-                for k in RESULT_SETTINGS if k in cfg}
-    for dotted in NOT_RESULT:
-        *parents, leaf = dotted.split(".")
-        node = settings
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return config_hash(settings)
+    whose key differs from the current config's was made with other settings (another base, attack, scan).
+    A scored cell's key also covers the calibrated profiles it may be scored with and the checks that
+    win over them, so a refit that changes a profile makes the cells scored with the old one stale."""
+    key = settings_hash(cfg, RESULT_SETTINGS, NOT_RESULT + ("scan.explicit_checks",))
+    if cfg.cell.observe:
+        return key
+    profiles = profiles_fingerprint(cfg.scan.thresholds, cfg.paths.get("profiles_dir"))
+    return config_hash([key, profiles, sorted(explicit_checks(cfg))])
 
 
 class StaleResult(ValueError):
@@ -111,21 +116,54 @@ def cell_info(cfg: DictConfig, cell_id: str) -> dict:
     }
 
 
-def make_model(cfg: DictConfig, model_dir: Path, anchor) -> dict:
-    """Train the cell's model into model_dir (reused when a previous attempt already stored it)."""
-    from attacks.job import run as attack
-    from benign_ft.job import run as benign
+PARADIGMS = ("text_on_text", "text_on_pair")
+RUNS_DIR = "benign_runs"  # beside a sweep's cells: the benign fine-tuning runs their checkpoints come from
 
-    if model_dir.exists() and not (model_dir / "model.safetensors").exists():
-        shutil.rmtree(model_dir)  # weights dropped by an earlier attempt: retrain (same seed, same model)
+
+def benign_checkpoint(cfg: DictConfig) -> int:
+    """The step of the shared run whose checkpoint fills a benign cell's grid slot: slot k (paradigm-major,
+    then trigger length) takes checkpoint k + 1, so each (paradigm, length) of one seed gets its own
+    checkpoint and a grid asks a run for its checkpoints in increasing order."""
+    slot = PARADIGMS.index(cfg.attack.paradigm) * MAX_LENGTH + int(cfg.attack.triggers.length) - 1
+    return (slot + 1) * int(cfg.benign.checkpoint_every)
+
+
+def make_model(cfg: DictConfig, out: Path, anchor) -> Path:
+    """Make the cell's model and return its directory: a backdoor in <out>/model; a benign model as the
+    paper makes them, a checkpoint of a fine-tuning run shared by the sweep's benign cells of one seed
+    (<sweep>/benign_runs/<run>/step*, benign.mode=checkpoints), or with benign.mode=independent a run of
+    its own in <out>/model. Stored models are reused; one whose weights a finished attempt dropped is
+    made again (same settings, same model)."""
     cfg = cfg.copy()
+    if cfg.cell.kind == "benign" and cfg.benign.mode == "checkpoints":
+        with open_dict(cfg):
+            cfg.job.out = str(out.parent / RUNS_DIR / benign_run_name(cfg))
+        step = benign_checkpoint(cfg)
+        model_dir = checkpoint_dirs(cfg, {step})[step]
+        with FileLock(f"{cfg.job.out}.lock"):  # one job trains a run at a time; the others wait and reuse it
+            drop_stale_weights(model_dir)
+            benign(cfg, anchor=anchor, steps={step})
+        return model_dir
+    model_dir = out / "model"
+    drop_stale_weights(model_dir)
     with open_dict(cfg):
         cfg.job.out = str(model_dir)
         if cfg.cell.kind == "backdoor":
-            return attack(cfg, anchor=anchor)
-        cfg.benign.mode = "independent"  # one model per cell, its own run
-        cfg.seed = benign_seed(cfg)
-        return benign(cfg, anchor=anchor)
+            attack(cfg, anchor=anchor)
+        else:
+            cfg.seed = benign_seed(cfg)  # independent mode: its own run, distinct for every grid slot
+            benign(cfg, anchor=anchor)
+    return model_dir
+
+
+def benign_run_name(cfg: DictConfig) -> str:
+    """The shared run's directory name: the encoder and the settings key of the run."""
+    return f"{cfg.encoder.name}-seed{cfg.seed}-{model_settings_key(cfg, 'benign')[:10]}"
+
+
+def drop_stale_weights(model_dir: Path) -> None:
+    if model_dir.exists() and not (model_dir / "model.safetensors").exists():
+        shutil.rmtree(model_dir)  # weights dropped by an earlier attempt: made again
 
 
 def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
@@ -135,20 +173,19 @@ def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
         return done
     validate(cfg)  # every setting, before anything is loaded
     set_threads(cfg)
-    from amdet.job import scan_to
-
     cfg = cfg.copy()
-    with open_dict(cfg):  # a requeued cell resumes its training or inversion from these
-        cfg.snapshots.dir = cfg.snapshots.dir or str(out / "snapshots")
+    with open_dict(cfg):  # a requeued cell resumes its training or inversion from these; a shared
+        # snapshots.dir gets a subdirectory per cell, so cells never load or delete each other's state
+        cfg.snapshots.dir = str(Path(cfg.snapshots.dir) / cell_id) if cfg.snapshots.dir else str(out / "snapshots")
     info = cell_info(cfg, cell_id)
-    extra = {"experiment": cfg.experiment.name, "cell": info, "settings_key": settings_key(cfg)}
+    extra = {"experiment": cfg.experiment.name, "cell": info, "settings_key": settings_key(cfg),
+             "compute": compute_record(cfg)}  # after set_threads: the threads it computes with
     t0 = time.perf_counter()
-    model_dir = out / "model"
     try:
         source = base_source(cfg.encoder, cfg.progress)
         anchor = anchor or load_encoder(source, cfg.device)
         t = time.perf_counter()
-        make_model(cfg, model_dir, anchor)
+        model_dir = make_model(cfg, out, anchor)
         train_s = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 — the cell's record must say it failed, and why
         write_result(out, {**extra, "status": "error", "phase": "model", "reason": one_line(exc),

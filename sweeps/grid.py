@@ -19,6 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
+from amdet.profiles import overridden_checks
 from sweeps.naming import cell_dirname  # also registers the resolver the configs use
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -50,9 +51,13 @@ class Cell:
 
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the study job): same config dir
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+    else:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+    with open_dict(cfg):  # thresholds a cell sets on purpose (table4's τ grid) win over a calibrated profile
+        cfg.scan.explicit_checks = overridden_checks(overrides)
+    return cfg
 
 
 def split_sweep_args(overrides: list[str]) -> tuple[list[str], list[str]]:

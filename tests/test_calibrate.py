@@ -82,7 +82,8 @@ def store(tmp_path_factory):
 
 def calibrate_cfg(models_dir, profiles):
     """Calibration on every stored model under models_dir, each against the base its manifest names."""
-    return compose_config("job=calibrate", *MICRO_SCAN, f"job.models_dir={models_dir}", f"paths.profiles_dir={profiles}")
+    return compose_config("job=calibrate", *MICRO_SCAN, f"job.models_dir={models_dir}", f"paths.profiles_dir={profiles}",
+                          "calibration.min_models=3")
 
 
 def test_calibrate_writes_a_profile_that_scans_pick_up_and_that_refuses_its_own_models(tmp_path, store):

@@ -91,7 +91,7 @@ def test_a_slurm_sweep_reports_failures_resumes_the_gaps_and_matches_the_local_o
 
     # a cell that raises: its stored model is corrupt (what the scan of a damaged model file meets)
     _, scored, _ = plan([*GRID, f"paths.output_dir={slurm_out}"])
-    broken = next(c for c in scored if "cell.kind=benign" in c.overrides)
+    broken = next(c for c in scored if "cell.kind=backdoor" in c.overrides)
     shutil.copytree(local_out / "sweeps" / "embedded" / broken.id / "model", broken.directory / "model")
     (broken.directory / "model" / "model.safetensors").write_bytes(b"\x00" * 64)
 

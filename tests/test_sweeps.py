@@ -23,7 +23,7 @@ GRIDS = {
     "table1": (3600, 360), "fig10_similarity": (900, 0), "fig11_trigger_length": (600, 0),
     "fig12_data_source": (900, 0), "table2_data_scale": (1200, 0), "table3_loss_ablation": (1200, 0),
     "table4_thresholds": (1920, 0), "fig13_multi_trigger": (200, 0), "table5_adaptive": (225, 0),
-    "embedded": (16, 4),
+    "embedded": (16, 8),
 }
 
 
@@ -73,6 +73,7 @@ MICRO_STUDY = [
     "attack.triggers.length=1", "seed=0", "experiment.calibration_seeds='100,101'", "scan.prompts=40",
     "scan.inversion.batch_size=4", "scan.inversion.epochs=1", "scan.inversion.check_every=2", "scan.landscape.points=6",
     "wandb.mode=offline", "experiment.workers=1",  # micro cells: in this process (a worker's start costs more)
+    "calibration.min_models=2",  # one paradigm, 2 + 2 micro calibration models
 ]
 
 
@@ -170,7 +171,7 @@ def test_worker_processes_compute_the_same_cells_and_record_a_failing_one(study,
     _, scored, calibration = plan(moved)
     for cell in calibration:
         shutil.copytree(sweep_dir / cell.id, cell.directory)
-    broken = next(c for c in scored if "cell.kind=benign" in c.overrides)
+    broken = next(c for c in scored if "cell.kind=backdoor" in c.overrides)
     shutil.copytree(sweep_dir / broken.id / "model", broken.directory / "model")
     (broken.directory / "model" / "model.safetensors").write_bytes(b"\x00" * 64)
 

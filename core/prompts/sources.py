@@ -8,6 +8,8 @@ cleaned prompts (``load``). ``make_prompt_source`` builds one from the ``prompts
 from __future__ import annotations
 
 import abc
+import functools
+import hashlib
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 from .synthetic import generate_synthetic_prompts
 
 __all__ = [
+    "ROLES",
     "PromptSource",
     "TextFilePrompts",
     "HFDatasetPrompts",
@@ -40,6 +43,37 @@ def _check_n(n: object) -> int:
     return n
 
 
+# Who draws prompts. Attacker (backdoor training and its held-out prompts), benign fine-tuning and
+# defender (the scan's shallow set) take disjoint shares of every source: the paper's defender has no
+# access to any model's training data. A prompt's share follows from a hash of its text alone, so two
+# sources holding the same prompt give it to the same role, and the split is the same on every machine.
+ROLES = ("attacker", "benign", "defender")
+
+
+def check_partition(partition: Mapping[str, float] | None) -> dict[str, float] | None:
+    """The shares of each role (validated), or None: no partition, every role draws from the whole pool."""
+    if partition is None:
+        return None
+    shares = {str(k): float(v) for k, v in dict(partition).items()}
+    unknown = sorted(set(shares) - set(ROLES))
+    if unknown or any(v <= 0 for v in shares.values()) or abs(sum(shares.values()) - 1) > 1e-6:
+        raise ValueError(
+            f"prompts.partition must give each of {', '.join(ROLES)} a positive share summing to 1, got {shares}; "
+            "e.g. prompts.partition={attacker: 0.25, benign: 0.25, defender: 0.5}, or null for no partition")
+    return {r: shares[r] for r in ROLES if r in shares}
+
+
+def role_of(prompt: str, partition: Mapping[str, float]) -> str:
+    """The role whose share a (cleaned) prompt falls in: a stable hash of its text mapped to [0, 1)."""
+    u = int.from_bytes(hashlib.blake2b(prompt.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
+    edge = 0.0
+    for role, share in partition.items():
+        edge += share
+        if u < edge:
+            return role
+    return role  # rounding at the top edge
+
+
 def clean_prompts(prompts: Iterable[str]) -> list[str]:
     """Strip, collapse inner whitespace, drop empty lines and exact duplicates (first one kept)."""
     seen: dict[str, None] = {}
@@ -54,20 +88,36 @@ class PromptSource(abc.ABC):
     """A pool of prompts with a deterministic sampler on top."""
 
     name: str
+    partition: dict[str, float] | None = None  # role → share; None: every role draws from the whole pool
 
     @abc.abstractmethod
     def all_prompts(self) -> list[str]:
         """The whole pool, in a stable order (uncleaned)."""
 
-    def load(self, n: int, seed: int = 0) -> list[str]:
-        """Draw ``n`` distinct cleaned prompts without replacement; same ``(n, seed)`` gives the same list."""
-        _check_n(n)
+    def pool(self, role: str | None = None) -> list[str]:
+        """The cleaned pool, or the share of it that belongs to `role` when the source is partitioned."""
         pool = clean_prompts(self.all_prompts())
+        if role is None or self.partition is None:
+            return pool
+        if role not in self.partition:
+            raise ValueError(f"unknown prompt role {role!r}; prompts.partition has {', '.join(self.partition)}")
+        return [p for p in pool if role_of(p, self.partition) == role]
+
+    def load(self, n: int, seed: int = 0, role: str | None = None) -> list[str]:
+        """Draw ``n`` distinct cleaned prompts without replacement from the pool (or `role`'s share of
+        it); same ``(n, seed, role)`` gives the same list."""
+        _check_n(n)
+        pool = self.pool(role)
         if len(pool) < n:
+            share = f" in the {role}'s share ({self.partition[role]:.0%})" if role and self.partition else ""
             raise ValueError(
-                f"prompt source {self.name} has {len(pool)} distinct prompts but n={n} were asked; "
-                f"ask for fewer (n={len(pool)} or less) or use a larger source")
+                f"prompt source {self.name} has {len(pool)} distinct prompts{share} but n={n} were asked; "
+                f"ask for fewer (n={len(pool)} or less), use a larger source, or change prompts.partition")
         return random.Random(seed).sample(pool, n)
+
+    def describe(self, role: str | None = None) -> dict:
+        """What a manifest or result records of where its prompts came from."""
+        return {"source": self.name, "role": role, "partition": self.partition}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -179,12 +229,25 @@ class SyntheticPrompts(PromptSource):
         self.seed = seed
         self.size = size
         self.name = f"synthetic(seed={seed}, size={size})"
-        self._pool: list[str] | None = None
 
     def all_prompts(self) -> list[str]:
-        if self._pool is None:
-            self._pool = generate_synthetic_prompts(self.size, self.seed)
-        return list(self._pool)
+        return list(_synthetic_pool(self.size, self.seed))
+
+    def pool(self, role: str | None = None) -> list[str]:
+        # deterministic in (size, seed, partition): computed once per process (a job draws several times)
+        return list(_synthetic_role_pool(self.size, self.seed, tuple((self.partition or {}).items()), role))
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic_pool(size: int, seed: int) -> tuple[str, ...]:
+    return tuple(generate_synthetic_prompts(size, seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _synthetic_role_pool(size: int, seed: int, partition: tuple, role: str | None) -> tuple[str, ...]:
+    source = SyntheticPrompts(seed, size)
+    source.partition = dict(partition) or None
+    return tuple(PromptSource.pool(source, role))
 
 
 # Keys each source accepts (required ones first), as named in conf/prompts/*.yaml.
@@ -192,6 +255,7 @@ _REQUIRED = {"file": ("path",), "hf": ("dataset", "split", "column"), "synthetic
 _OPTIONAL = {"file": (), "hf": ("config_name", "revision"), "synthetic": ("seed", "size")}
 # Keys a prompts config may carry for its caller (e.g. how many prompts to draw); ignored here.
 _PASSTHROUGH = frozenset({"n"})
+_COMMON = ("partition",)  # every source: the roles' shares (ROLES), or null
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
@@ -232,7 +296,7 @@ def make_prompt_source(cfg: Mapping[str, Any] | Any) -> PromptSource:
     kind = d.get("source")
     if kind not in _REQUIRED:
         raise ValueError(f"unknown prompts.source={kind!r}; choose one of: {', '.join(_REQUIRED)}")
-    allowed = {"source", *_REQUIRED[kind], *_OPTIONAL[kind], *_PASSTHROUGH}
+    allowed = {"source", *_REQUIRED[kind], *_OPTIONAL[kind], *_COMMON, *_PASSTHROUGH}
     unknown = sorted(k for k in d if k not in allowed and not str(k).startswith("_"))
     if unknown:
         raise ValueError(
@@ -242,6 +306,12 @@ def make_prompt_source(cfg: Mapping[str, Any] | Any) -> PromptSource:
         if _is_missing(d.get(key)):
             raise ValueError(f"prompts.{key} is required for source={kind}")
 
+    source = _make(kind, d)
+    source.partition = check_partition(d.get("partition"))
+    return source
+
+
+def _make(kind: str, d: dict[str, Any]) -> PromptSource:
     if kind == "file":
         return TextFilePrompts(str(d["path"]))
     if kind == "hf":

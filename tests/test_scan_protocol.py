@@ -1,0 +1,105 @@
+"""The honest protocol's scan: a budget-fixed score, both threshold regimes, disjoint shallow prompts,
+the difficulty-floor statistics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+import yaml
+
+from amdet.calibrate import observing
+from amdet.checks import CheckThresholds
+from amdet.job import regimes, scan_to
+from amdet.landscape import LandscapeConfig
+from amdet.scan import ScanConfig, scan
+from core.drift import weight_distance
+from core.tiny.architectures import random_encoder
+from sweeps.grid import plan
+from tests.helpers import compose_config, micro_arch
+from tests.test_amdet import MICRO_SCAN
+
+PROMPTS = [f"a painting of a {w} number {i}" for i in range(24) for w in ("cat",)]
+OFF = dict(assim_ratio=-1.0, same_ratio=-1.0, diff_ratio=-1.0, landscape_ratio=-1.0)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return random_encoder(micro_arch("clip"), seed=0), random_encoder(micro_arch("clip"), seed=1)
+
+
+def config(**thresholds) -> ScanConfig:
+    return ScanConfig(batch_size=4, epochs=2, check_every=2, seed=3, test_share=0.25,
+                      thresholds=replace(CheckThresholds(), **thresholds), landscape=LandscapeConfig(points=5, batch=8))
+
+
+def test_score_is_independent_of_thresholds_and_of_when_the_scan_stopped(models):
+    model, anchor = models
+    deciding = scan(model, anchor, PROMPTS, config(loss_start=10.0, **OFF), progress=False)
+    watching = scan(model, anchor, PROMPTS, replace(config(), thresholds=observing(CheckThresholds())), progress=False)
+    assert deciding["verdict"] == "backdoor" and deciding["steps"] < watching["steps"], "one stops early, one runs on"
+    assert deciding["score"] == watching["score"] and deciding["score_steps"] == watching["score_steps"] == 4
+    assert deciding["final_assimilation"] != watching["final_assimilation"], "the old score depended on the stop"
+
+
+def test_score_is_the_assimilation_after_the_budget_of_plain_steps(models):
+    model, anchor = models
+    cfg = replace(config(), thresholds=observing(CheckThresholds()))
+    plain = scan(model, anchor, PROMPTS, replace(cfg, epochs=1), progress=False)  # exactly one epoch: 4 steps
+    early_end = scan(model, anchor, PROMPTS, config(loss_stop=10.0, loss_start=-10.0), progress=False)
+    assert plain["steps"] == 4 and plain["score"] == pytest.approx(plain["final_assimilation"], abs=1e-7)
+    assert early_end["score"] == plain["score"], "an epoch ended early forks the plain trajectory for the score"
+    with pytest.raises(ValueError, match="score_steps must be 1–8"):
+        scan(model, anchor, PROMPTS, replace(cfg, score_steps=9), progress=False)
+
+
+def test_a_scan_reports_both_regimes_and_explicit_checks_win(tmp_path, pair):
+    model_dir, anchor_dir = pair
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    fitted = {"assim_ratio": -1.0, "same_ratio": -1.0, "diff_ratio": -1.0, "landscape_ratio": -1.0, "loss_start": 10.0}
+    (profiles / "clip-h32.yaml").write_text(yaml.safe_dump({"profile": "clip-h32", "checks": fitted, "score_cut": 0.5}))
+    cfg = compose_config(*MICRO_SCAN, f"scan.model_path={model_dir}", f"scan.anchor_path={anchor_dir}",
+                         f"paths.profiles_dir={profiles}", "scan.checks.landscape_ratio=2.0",
+                         "scan.explicit_checks=[landscape_ratio]")
+    result = scan_to(tmp_path / "out", cfg)
+    stored = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert set(stored["regimes"]) == {"paper", "calibrated"} and stored["verdicts"]["calibrated"] == result["verdict"]
+    calibrated = stored["regimes"]["calibrated"]["thresholds"]
+    assert calibrated["assim_ratio"] == -1.0, "the profile's value where nothing was set on purpose"
+    assert calibrated["landscape_ratio"] == 2.0, "an explicit scan.checks value wins over the profile"
+    assert stored["regimes"]["paper"]["thresholds"]["assim_ratio"] == 0.8, "the paper regime keeps the fixed values"
+    assert stored["verdicts"]["calibrated"] == "benign", "a landscape ratio above 1 can never pass"
+    assert (tmp_path / "out" / "regimes" / "paper" / "v.safetensors").is_file()
+    shallow = (tmp_path / "out" / "shallow_prompts.txt").read_text().splitlines()
+    assert len(shallow) == 40 and stored["shallow"]["role"] == "defender"
+    assert stored["floor"]["weight_distance"] > 0 and 0 <= stored["floor"]["output_drift"] <= 2
+
+
+def test_weight_distance_is_relative_and_zero_for_the_base(models):
+    model, anchor = models
+    assert weight_distance(anchor, anchor) == 0.0
+    shifted = random_encoder(micro_arch("clip"), seed=1)
+    with torch.no_grad():
+        for p in shifted.model.parameters():
+            p.mul_(1.1)
+    assert weight_distance(shifted, anchor) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_table4_cells_run_with_their_own_tau_under_a_profile(tmp_path, models):
+    """The τ sweep: a profile fills the checks a cell does not set; the cell's τ values are its own."""
+    model, _ = models
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    fitted = {"assim_ratio": 0.11, "same_ratio": 0.22, "diff_ratio": 0.33, "landscape_ratio": 0.44, "loss_start": -0.5}
+    (profiles / "clip-h32.yaml").write_text(yaml.safe_dump({"profile": "clip-h32", "checks": fitted}))
+    _, scored, _ = plan(["experiment=table4_thresholds", "encoder=tiny-clip", "seed=0", "attack.triggers.length=1",
+                         f"paths.profiles_dir={profiles}", "scan.model_path=nowhere"])
+    cell = next(c for c in scored if "scan.checks.assim_ratio=0.7" in c.overrides and "scan.checks.landscape_ratio=0.6" in c.overrides)
+    cfg = cell.config()
+    assert sorted(cfg.scan.explicit_checks) == ["assim_ratio", "landscape_ratio", "same_ratio"]
+    calibrated = vars(regimes(cfg, model, observe=False)["calibrated"][0])
+    assert (calibrated["assim_ratio"], calibrated["landscape_ratio"]) == (0.7, 0.6), "the cell's τ, not the profile's"
+    assert (calibrated["diff_ratio"], calibrated["loss_start"]) == (0.33, -0.5), "the rest from the profile"
