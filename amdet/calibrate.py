@@ -69,13 +69,13 @@ def split(pos: list[float], neg: list[float]) -> tuple[float | None, str, float]
     values = np.asarray(pos + neg, dtype=float)
     auroc = float(roc_auc_score(labels, values))
     if min(pos) > max(neg):
-        return (min(pos) + max(neg)) / 2, "separates", auroc
+        return float(min(pos) + max(neg)) / 2, "separates", auroc
     if auroc >= INFORMATIVE_AUROC:
         fpr, tpr, cuts = roc_curve(labels, values)
         best = int(np.argmax(tpr - fpr))
         # roc_curve's cuts are observed values with 'value >= cut'; step just below for 'value > c'
         below = values[values < cuts[best]]
-        return (cuts[best] + (below.max() if below.size else cuts[best] - 1)) / 2, "best Youden split", auroc
+        return float(cuts[best] + (below.max() if below.size else cuts[best] - 1)) / 2, "best Youden split", auroc
     return None, "no signal", auroc
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from amdet.calibrate import OFF, calibrate_to, fit, model_statistics, observing, split
+from amdet.calibrate import OFF, calibrate_to, fit, model_statistics, observing, split, write_profile
 from amdet.checks import CheckThresholds
 from amdet.job import scan_to
 from core.store import save_model
@@ -121,3 +121,14 @@ def test_landscape_filter_is_fitted_on_the_benign_models_that_pass_every_other_c
     assert t.assim_ratio == OFF and t.same_ratio == OFF, "identical on both classes"
     assert t.landscape_ratio == pytest.approx((0.85 + 0.60) / 2), "fitted on the two benign models that get that far"
     assert report["landscape_ratio"]["benign"] == [0.5, 0.6], "the far-off benign model (0.95) is not part of it"
+
+
+def test_a_youden_fit_writes_a_profile(tmp_path):
+    """Overlapping statistics take the Youden split (numpy values): the profile must still be writable."""
+    backdoor = [stats(0.9, 0.9, 0.9, 0.9, -0.9), stats(0.8, 0.8, 0.8, 0.8, -0.9), stats(0.5, 0.5, 0.5, 0.5, -0.9)]
+    benign = [stats(0.6, 0.6, 0.6, 0.6, -0.4), stats(0.2, 0.2, 0.2, 0.2, -0.4), stats(0.1, 0.1, 0.1, 0.1, -0.4),
+              stats(0.15, 0.15, 0.15, 0.15, -0.4), stats(0.05, 0.05, 0.05, 0.05, -0.4)]
+    t, cut, report = fit(backdoor, benign, CheckThresholds())
+    assert report["assim_ratio"]["rule"] == "best Youden split" and type(t.assim_ratio) is float
+    profile = {"profile": "clip-h32", "checks": vars(t), "score_cut": cut, "calibration": {"models": []}}
+    assert write_profile(tmp_path / "p.yaml", profile).is_file()
