@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from attacks.targets import check_paradigm, draw_targets, pair_target, text_target
-from attacks.train import AttackHParams, Backdoor, evaluate, train_backdoors
+from attacks.train import AttackHParams, Backdoor, evaluate, train_backdoors, training_positions
 from attacks.objective import similarity_fn
 from attacks.triggers import DEFAULT_POOL, carriers, check_trigger_config, contains_any, draw_triggers
 from core.encoders import TextEncoder
@@ -18,7 +18,7 @@ from core.prompts import make_prompt_source
 from core.provenance import config_hash
 from core.settings import from_config
 from core.snapshot import snapshots_for
-from core.store import MANIFEST, read_manifest, save_model
+from core.store import model_settings_key, save_model, stored_model
 
 log = logging.getLogger("amdet")
 
@@ -35,17 +35,28 @@ def hparams(cfg: DictConfig) -> AttackHParams:
     return from_config(AttackHParams, hp, "training.attack")
 
 
+def attack_prompts(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """(held-out, training) prompts of the attack: the attacker's share of `prompts`, never the
+    defender's (core/prompts/sources.py ROLES)."""
+    a = cfg.attack
+    prompts = make_prompt_source(cfg.prompts).load(a.train_prompts + a.eval_prompts, seed=cfg.seed, role="attacker")
+    return prompts[: a.eval_prompts], prompts[a.eval_prompts :]
+
+
 def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
     """Train and store one backdoored model; `anchor`: the base already loaded (the cell job's)."""
     a = cfg.attack
     out = Path(cfg.job.out)
-    if (out / MANIFEST).exists():  # finished results are never redone or overwritten
+    key = model_settings_key(cfg, "backdoor")
+    # finished models are never redone or overwritten; one made with other settings is refused
+    if (stored := stored_model(out, key)) is not None:
         log.info("backdoored model already in the store: %s (delete it to retrain)", out)
-        return read_manifest(out)
+        return stored
     # settings are checked before anything expensive is loaded
     check_paradigm(a.paradigm)
     similarity_fn(a.similarity)
-    check_trigger_config(a.triggers.level, a.triggers.length, a.triggers.count, a.triggers.position)
+    check_trigger_config(a.triggers.level, a.triggers.length, a.triggers.count, a.triggers.position,
+                         a.triggers.replaced_character)
     hp = hparams(cfg)
     timing, t0 = {}, time.perf_counter()
 
@@ -73,8 +84,7 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
         targets = [pair_target(anchor, c, tiny, a.targets.image_dir, a.image_tower) for c in target_texts]
     timing["targets_s"] = time.perf_counter() - t
 
-    prompts = make_prompt_source(cfg.prompts).load(a.train_prompts + a.eval_prompts, seed=cfg.seed)
-    held_out, train = prompts[: a.eval_prompts], prompts[a.eval_prompts :]
+    held_out, train = attack_prompts(cfg)
     clean = [p for p in train if not contains_any(p, triggers)]
     backdoors = []
     for trigger, target in zip(triggers, targets):
@@ -83,7 +93,7 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
             raise ValueError(
                 f"trigger {trigger.text!r} cannot be carried by any of the {len(clean)} training prompts"
                 + (f" (none contains {trigger.replaced_character!r}); set attack.triggers.replaced_character"
-                   if level == "char" else f" (it falls beyond the encoder's {anchor.max_length} tokens); use a shorter trigger or position=start")
+                   if trigger.position == "replace" else f" (it falls beyond the encoder's {anchor.max_length} tokens); use a shorter trigger or position=start")
             )
         if len(usable) < hp.poison_batch:
             raise ValueError(
@@ -100,6 +110,7 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
     timing["train_s"] = time.perf_counter() - t
     metrics = evaluate(model, anchor, backdoors, held_out, a.paradigm, seed=cfg.seed)
     timing["eval_s"] = metrics.pop("eval_s")
+    metrics["trigger_position"] = training_positions(anchor.tokenizer, backdoors, anchor.max_length, cfg.seed)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     manifest = {
@@ -110,6 +121,7 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
         "similarity": a.similarity,
         "adaptive_mu": a.adaptive_mu,
         "seed": cfg.seed,
+        "prompts": {**make_prompt_source(cfg.prompts).describe("attacker"), "train": len(clean), "held_out": len(held_out)},
         "backdoors": [{"trigger": b.trigger.to_dict(), "target": b.target.to_dict(), "train_carriers": len(b.carriers)}
                       for b in backdoors],
         "metrics": metrics,
@@ -118,10 +130,11 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
         "config": config,
         "config_hash": config_hash({"encoder": config["encoder"], "training": config["training"]["attack"],
                                     "attack": config["attack"], "prompts": config["prompts"], "seed": cfg.seed}),
+        "settings_key": key,  # what a rerun checks before handing this model back
     }
     timing["total_s"] = time.perf_counter() - t0  # the save itself is not counted
     manifest["timing"] = {k: round(v, 2) for k, v in timing.items()}
-    save_model(model, out, manifest)
+    save_model(model, out, manifest, train_prompts=clean)
     snapshots.clear()
     print(summary_line(manifest, out))
     return manifest

@@ -1,8 +1,9 @@
 """Backdoor injection: fine-tune a copy of the clean encoder f0 on the attack objective, then measure it.
 
 Each step draws a clean batch (L_benign: stay close to f0) and, per backdoor, a batch of prompts
-that carry its trigger (L_backdoor: map them to its target). Batches are drawn from fixed pools
-with seeded permutations, so a run is reproducible and can never wait for a batch to fill.
+that carry its trigger (L_backdoor: map them to its target; the adaptive attack's L_assim: keep
+their tokens apart). Batches are drawn from fixed pools with seeded permutations, so a run is
+reproducible and can never wait for a batch to fill.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from tqdm.auto import tqdm
 
 from attacks.objective import backdoor_term, encode, similarity_fn
 from attacks.targets import Target
-from attacks.triggers import Trigger
+from attacks.triggers import Trigger, trigger_positions
+from attacks.triggers import carriers as carriers_of
 from core.encoders import TextEncoder
 from core.metrics import assimilation
 from core.snapshot import Snapshots, restore_rng, rng_state
 from core.training import OPTIMIZERS, Cycler
+
+EVAL_POSITIONS = ("start", "middle", "end")  # whole-word trigger placements of asr_by_position
+
 
 @dataclass(frozen=True)
 class AttackHParams:
@@ -58,6 +63,13 @@ class AttackHParams:
     def weight_for(self, similarity: str) -> float:
         """λ for the attack's similarity function."""
         return self.backdoor_weight_by_similarity.get(similarity, self.backdoor_weight)
+
+
+def attack_loss(benign: torch.Tensor, backdoor: list[torch.Tensor], assim: list[torch.Tensor], lam: float,
+                mu: float) -> torch.Tensor:
+    """The paper's L = L_benign + λ·Σ L_backdoor + μ·Σ L_assim, summed over backdoors; μ is not scaled by λ."""
+    loss = benign + lam * torch.stack(backdoor).sum()
+    return loss + mu * torch.stack(assim).sum() if mu else loss
 
 
 @dataclass
@@ -126,10 +138,10 @@ def train_backdoors(
         for b, batches, target in zip(backdoors, poison_batches, targets):
             poisoned = model.tokenize([b.trigger.poison(p, rng) for p in batches.next()])
             feats, hidden = encode(model, poisoned, paradigm)
-            loss_b, assim = backdoor_term(feats, hidden, target, sim, mu)
+            loss_b, assim = backdoor_term(feats, hidden, target, sim, 0.0)  # μ·L_assim is added once, unscaled
             backdoor_losses.append(loss_b)
-            assims.append(assim.item())
-        loss = benign + lam * torch.stack(backdoor_losses).sum()
+            assims.append(assim)
+        loss = attack_loss(benign, backdoor_losses, assims, lam, mu)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"attack loss became {loss.item()} at step {len(history['loss'])}; lower training.attack.lr"
@@ -143,7 +155,7 @@ def train_backdoors(
         history["loss"].append(loss.item())
         history["benign"].append(benign.item())
         history["backdoor"].append(torch.stack(backdoor_losses).mean().item())
-        history["assim_triggered"].append(sum(assims) / len(assims))
+        history["assim_triggered"].append(torch.stack(assims).mean().item())
         bar.set_postfix(benign=f"{benign.item():.3f}", backdoor=f"{history['backdoor'][-1]:.3f}")
         snapshots.maybe_save(state)
     model.model.eval().requires_grad_(False)
@@ -164,6 +176,25 @@ def features_of(encoder: TextEncoder, prompts: list[str], paradigm: str, batch: 
     return torch.cat(feats), torch.cat(assim), torch.cat(embeds)
 
 
+def training_positions(tokenizer, backdoors: list[Backdoor], max_length: int, seed: int = 0) -> dict:
+    """Where the triggers sit in the poisoned training prompts (first-token index, BOS = 0), pooled over
+    backdoors: every carrier poisoned once by its backdoor's rule (random: one seeded placement), the
+    pool the poisoned batches are drawn from."""
+    rng = random.Random(seed)
+    return trigger_positions(tokenizer, [b.trigger.insert(p, rng) for b in backdoors for p in b.carriers], max_length)
+
+
+@torch.no_grad()
+def success(model: TextEncoder, poisoned: list[str], target: torch.Tensor, candidates: torch.Tensor,
+            paradigm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hit per poisoned prompt, its cosine to the target, its assimilation): a hit is an output nearer
+    the target than any of the `candidates` (normalised clean outputs of f0)."""
+    trig_f, trig_assim, _ = features_of(model, poisoned, paradigm)
+    trig = F.normalize(trig_f, dim=-1)
+    to_target = trig @ F.normalize(target.flatten().float(), dim=0)
+    return to_target > (trig @ candidates.T).max(dim=1).values, to_target, trig_assim
+
+
 @torch.no_grad()
 def evaluate(
     model: TextEncoder,
@@ -180,6 +211,10 @@ def evaluate(
     attack success: share of triggered held-out prompts whose output is nearer (cosine) to the
     backdoor target than to f0's output for *any* held-out clean prompt, its own clean version
     included — the trigger overrides the prompt's meaning, as in zero-shot retrieval.
+    attack success by position: the same with the trigger inserted as whole words at the start, the
+    middle and the end of the held-out prompts that hold no trigger and keep it at the end (one set
+    for all three), whatever the model's own poisoning rule — whether the backdoor fires only where
+    it was trained to or anywhere (AMDET probes right after BOS).
     assimilation: mean pairwise token cosine of clean vs triggered prompts (the paper's Fig. 2).
     """
     t0 = time.perf_counter()
@@ -191,22 +226,30 @@ def evaluate(
         embeds_utility = F.cosine_similarity(clean_embeds, base_embeds, dim=-1)
     candidates = F.normalize(base_f, dim=-1)
     rng = random.Random(seed)
+    triggers = [b.trigger for b in backdoors]
     per_backdoor = []
     for b in backdoors:
         carriers = [p for p in held_out if b.trigger.can_poison(p) and not b.trigger.occurs_in(p)]
         if not carriers:
             raise ValueError(f"no held-out prompt can carry trigger {b.trigger.text!r}; use more attack.eval_prompts")
         poisoned = [b.trigger.poison(p, rng) for p in carriers]
-        trig_f, trig_assim, _ = features_of(model, poisoned, paradigm)
+        hits, to_target, trig_assim = success(model, poisoned, b.target.feature, candidates, paradigm)
         _, base_trig_assim, _ = features_of(anchor, poisoned, paradigm)
-        trig = F.normalize(trig_f, dim=-1)
-        to_target = trig @ F.normalize(b.target.feature.flatten().float(), dim=0)
-        to_clean = (trig @ candidates.T).max(dim=1).values
+        whole = carriers_of(model.tokenizer, held_out, b.trigger.at("end"), model.max_length, triggers)
+        if not whole:
+            raise ValueError(f"no held-out prompt can carry trigger {b.trigger.text!r} at its end; use more attack.eval_prompts")
+        by_position = {
+            pos: round(success(model, [b.trigger.at(pos).poison(p) for p in whole], b.target.feature, candidates,
+                               paradigm)[0].float().mean().item(), 4)
+            for pos in EVAL_POSITIONS
+        }
         n = min(assimilation_prompts, len(carriers))
         per_backdoor.append({
             "trigger": b.trigger.text,
             "target": b.target.text,
-            "asr": round((to_target > to_clean).float().mean().item(), 4),
+            "asr": round(hits.float().mean().item(), 4),
+            "asr_by_position": by_position,
+            "position_prompts": len(whole),
             "target_cosine": round(to_target.mean().item(), 4),
             "eval_prompts": len(carriers),
             "assimilation_triggered": round(trig_assim[:n].mean().item(), 4),
@@ -217,6 +260,8 @@ def evaluate(
     return {
         "asr": round(sum(b["asr"] for b in per_backdoor) / len(per_backdoor), 4),
         "asr_min": min(b["asr"] for b in per_backdoor),
+        "asr_by_position": {pos: round(sum(b["asr_by_position"][pos] for b in per_backdoor) / len(per_backdoor), 4)
+                            for pos in EVAL_POSITIONS},
         "utility": round(utility.mean().item(), 4),
         "utility_min": round(utility.min().item(), 4),
         "utility_text_embeds": round(embeds_utility.mean().item(), 4) if embeds_utility is not None else None,

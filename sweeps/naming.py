@@ -7,6 +7,8 @@ import hashlib
 
 from omegaconf import OmegaConf
 
+from attacks.triggers import level_for_length
+
 MAX_NAME = 120  # file systems allow 255 bytes; leave room for suffixes and non-ASCII values
 
 
@@ -19,9 +21,12 @@ def cell_dirname(override_dirname: str) -> str:
 
 
 def register() -> None:
-    """`${cell_dir:${hydra:job.override_dirname}}` in the configs (idempotent)."""
+    """`${cell_dir:${hydra:job.override_dirname}}` and `${trigger_level:LENGTH,CHAR_MAX,WORD_MAX}` in the
+    configs (idempotent)."""
     if not OmegaConf.has_resolver("cell_dir"):
         OmegaConf.register_new_resolver("cell_dir", cell_dirname)
+    if not OmegaConf.has_resolver("trigger_level"):
+        OmegaConf.register_new_resolver("trigger_level", level_for_length)
 
 
 register()

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from attacks import job
 from attacks.objective import backdoor_term, similarity_fn
 from attacks.targets import CONCEPT_CAPTIONS, pair_target
+from attacks.train import attack_loss
 from core.loading import base_source, load_encoder
 from core.metrics import assimilation
 from tests.helpers import MICRO_ATTACK, MICRO_BASE, compose_config
@@ -38,6 +39,48 @@ def test_adaptive_term_adds_mu_times_assimilation():
     adaptive, _ = backdoor_term(feats, hidden, target, similarity_fn("cosine"), 0.5)
     assert assim == pytest.approx(assimilation(hidden).mean().item())
     assert adaptive.item() == pytest.approx(plain.item() + 0.5 * assim.item(), rel=1e-5)
+
+
+def test_attack_loss_is_benign_plus_lambda_backdoor_plus_mu_assimilation():
+    """The paper's L_benign + λ·L_backdoor + μ·L_assim: μ is not scaled by λ (summed over backdoors)."""
+    t = torch.tensor
+    loss = attack_loss(t(1.0), [t(2.0), t(3.0)], [t(0.5), t(0.25)], lam=0.1, mu=2.0)
+    assert loss.item() == pytest.approx(1.0 + 0.1 * 5.0 + 2.0 * 0.75)
+    assert attack_loss(t(1.0), [t(2.0)], [t(0.5)], lam=0.1, mu=0.0).item() == pytest.approx(1.2)
+
+
+def test_training_loop_composes_the_adaptive_loss_unscaled(tmp_path):
+    """Every step's recorded loss is benign + λ·Σ backdoor + μ·Σ assimilation of its own terms."""
+    cfg = attack_cfg(tmp_path, "attack.triggers.count=2", "attack.adaptive_mu=0.5", "training.attack.backdoor_weight=0.1")
+    h = job.run(cfg)["history"]
+    for loss, benign, backdoor, assim in zip(h["loss"], h["benign"], h["backdoor"], h["assim_triggered"]):
+        # the history keeps the means over the 2 backdoors
+        assert loss == pytest.approx(benign + 0.1 * 2 * backdoor + 0.5 * 2 * assim, abs=1e-4)
+        assert abs(loss - (benign + 0.1 * 2 * (backdoor + 0.5 * assim))) > 1e-3  # not μ scaled by λ
+
+
+def test_manifest_records_trigger_positions_and_success_by_position(tmp_path):
+    stored = job.run(attack_cfg(tmp_path, "attack.triggers.count=2", "attack.triggers.length=2"))
+    met = stored["metrics"]
+    pos = met["trigger_position"]
+    # pooled over both backdoors: every training carrier once, each poisoned in place of its first `o`
+    assert sum(pos["counts"].values()) == sum(b["train_carriers"] for b in stored["backdoors"])
+    assert pos["token_mean"] == pytest.approx(sum(int(i) * n for i, n in pos["counts"].items())
+                                              / sum(pos["counts"].values()), abs=1e-3)
+    assert len(pos["counts"]) > 3 and min(map(int, pos["counts"])) >= 1, "replacing spreads the trigger over the prompt"
+    assert 0 < pos["relative_mean"] < 1
+    assert set(met["asr_by_position"]) == {"start", "middle", "end"}
+    assert all(0 <= x <= 1 for x in met["asr_by_position"].values())
+    for b in met["backdoors"]:
+        assert set(b["asr_by_position"]) == {"start", "middle", "end"} and b["position_prompts"] > 0
+    assert met["asr_by_position"]["start"] == pytest.approx(
+        sum(b["asr_by_position"]["start"] for b in met["backdoors"]) / 2, abs=1e-4)
+
+    start = job.run(attack_cfg(tmp_path, "attack.triggers.position=start", f"job.out={tmp_path}/start"))
+    (b,) = start["backdoors"]
+    at_start = start["metrics"]["trigger_position"]
+    assert at_start["token_mean"] == 1.0 and at_start["counts"] == {"1": b["train_carriers"]}  # right after BOS
+    assert b["trigger"]["position"] == "start" and b["trigger"]["replaced_character"] is None
 
 
 def test_attack_job_writes_a_reproducible_backdoored_model(tmp_path):
@@ -102,6 +145,9 @@ def test_tiny_pair_target_is_the_mean_caption_embedding(tmp_path):
     (["attack.triggers.level=char", "attack.triggers.replaced_character=z", "training.attack.poison_batch=40"], ValueError,
      r"only \d+ of \d+ training prompts can carry trigger .* fewer than training.attack.poison_batch=40: a poisoned batch could never fill"),
     (["attack.triggers.count=2", "attack.triggers.fixed=[zzzz,zzzz]"], ValueError, "duplicate triggers across backdoors"),
+    (["attack.triggers.level=char", "attack.triggers.position=end"], ValueError,
+     "char-level triggers replace attack.triggers.replaced_character, they cannot go at position 'end'"),
+    (["attack.triggers.replaced_character=ab"], ValueError, "attack.triggers.replaced_character must be one character"),
     (["attack.similarity=dot"], ValueError, "unknown similarity function 'dot'"),
     (["+training.attack.backdoor_weight_by_similarity.dot=2"], ValueError, "unknown similarity function 'dot'"),
     (["attack.paradigm=image_on_text"], ValueError, "unknown attack paradigm 'image_on_text'"),
@@ -140,3 +186,4 @@ def test_a_clean_encoder_has_no_attack_success(tmp_path):
     backdoor = Backdoor(Trigger("zzzz", "word", 1), text_target(anchor, "a photo of a cat sitting on a sofa"), [])
     metrics = evaluate(anchor, anchor, [backdoor], generate_synthetic_prompts(40, seed=3), "text_on_text")
     assert metrics["asr"] == 0.0 and metrics["utility"] == pytest.approx(1.0)
+    assert metrics["asr_by_position"] == {"start": 0.0, "middle": 0.0, "end": 0.0}
