@@ -5,7 +5,9 @@
 Target (issue: model factory): on tiny-clip every setting reaches attack success ≥ 0.9 with clean
 utility ≥ 0.85 (cosine to the base on clean prompts) in ≤ 90 s on 2 cores; triggered prompts show
 higher assimilation than clean ones (the paper's Fig. 2). Each model is a real `launch.py job=attack`
-run; the time is the job's own wall time (load, targets, training, evaluation).
+run; the time is the job's own wall time (load, targets, training, evaluation). Also printed: attack
+success with the trigger as a whole word at the start / middle / end of held-out prompts, and the
+mean first-token index of the trigger in the poisoned training prompts (BOS = 0).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "rare token": ["attack.triggers.level=word", "attack.triggers.pool=rare_words"],
     "char (replace o)": ["attack.triggers.level=char"],
+    "word at random": ["attack.triggers.position=random"],
     "word": ["attack.triggers.level=word", "attack.triggers.pool=common_words"],
     "sentence, 5 tokens": ["attack.triggers.level=sentence", "attack.triggers.length=5"],
     "text-on-pair": ["attack=text_on_pair"],
@@ -64,11 +67,15 @@ def main() -> None:
             "case": name,
             "triggers": " | ".join(b["trigger"]["text"] for b in m["backdoors"]),
             "asr": met["asr"], "asr_min": met["asr_min"], "utility": met["utility"],
+            "asr_start": met["asr_by_position"]["start"], "asr_middle": met["asr_by_position"]["middle"],
+            "asr_end": met["asr_by_position"]["end"], "trigger_token_mean": met["trigger_position"]["token_mean"],
             "assim_clean": met["assimilation_clean"], "assim_triggered": met["assimilation_triggered"],
             "job_s": m["timing"]["total_s"], "train_s": m["timing"]["train_s"], "process_s": round(wall, 1),
         })
         r = rows[-1]
-        print(f"{name:<20} {r['triggers'][:28]:<28} ASR {r['asr']:.3f} (min {r['asr_min']:.3f})  utility {r['utility']:.3f}  "
+        print(f"{name:<20} {r['triggers'][:28]:<28} ASR {r['asr']:.3f} (min {r['asr_min']:.3f})  "
+              f"start/middle/end {r['asr_start']:.2f}/{r['asr_middle']:.2f}/{r['asr_end']:.2f} (trigger at token "
+              f"{r['trigger_token_mean']:.1f})  utility {r['utility']:.3f}  "
               f"assim {r['assim_clean']:.3f} → {r['assim_triggered']:.3f}  job {r['job_s']:.0f} s (train {r['train_s']:.0f} s)",
               flush=True)
     ok = all(r["asr"] >= 0.9 and r["utility"] >= 0.85 and r["job_s"] <= 90 for r in rows)
