@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from attacks.objective import backdoor_term, encode, similarity_fn
 from attacks.targets import Target
-from attacks.triggers import Trigger, trigger_positions
+from attacks.triggers import Trigger, first_token, trigger_positions
 from attacks.triggers import carriers as carriers_of
 from core.encoders import TextEncoder
 from core.metrics import assimilation
@@ -184,15 +184,30 @@ def training_positions(tokenizer, backdoors: list[Backdoor], max_length: int, se
     return trigger_positions(tokenizer, [b.trigger.insert(p, rng) for b in backdoors for p in b.carriers], max_length)
 
 
-@torch.no_grad()
-def success(model: TextEncoder, poisoned: list[str], target: torch.Tensor, candidates: torch.Tensor,
-            paradigm: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(hit per poisoned prompt, its cosine to the target, its assimilation): a hit is an output nearer
-    the target than any of the `candidates` (normalised clean outputs of f0)."""
-    trig_f, trig_assim, _ = features_of(model, poisoned, paradigm)
+def success(trig_f: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hit per triggered output [N, F], its cosine to the target): a hit is an output nearer the
+    target than any of the `candidates` (normalised clean outputs of f0)."""
     trig = F.normalize(trig_f, dim=-1)
     to_target = trig @ F.normalize(target.flatten().float(), dim=0)
-    return to_target > (trig @ candidates.T).max(dim=1).values, to_target, trig_assim
+    return to_target > (trig @ candidates.T).max(dim=1).values, to_target
+
+
+def success_from_trigger(trig_f: torch.Tensor, first: list[int], target: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Hits on the outputs from each prompt's first trigger token on, against the same positions of
+    the target and of f0's clean outputs `clean` [N, L, D]: under a causal mask the outputs before
+    the trigger are the clean prompt's whatever the backdoor, so the whole-sequence hit cannot
+    happen for a trigger mid-prompt even when the backdoor fires (Text-on-Text)."""
+    out, target = trig_f.view(len(first), *clean.shape[1:]), target.float().view(clean.shape[1:])
+    hits = []
+    for i, k in enumerate(first):
+        v = F.normalize(out[i, k:].flatten(), dim=0)
+        to_clean = (F.normalize(clean[:, k:].flatten(1), dim=-1) @ v).max()
+        hits.append(bool(v @ F.normalize(target[k:].flatten(), dim=0) > to_clean))
+    return torch.tensor(hits)
+
+
+def rate(hits: torch.Tensor) -> float:
+    return round(hits.float().mean().item(), 4)
 
 
 @torch.no_grad()
@@ -214,7 +229,9 @@ def evaluate(
     attack success by position: the same with the trigger inserted as whole words at the start, the
     middle and the end of the held-out prompts that hold no trigger and keep it at the end (one set
     for all three), whatever the model's own poisoning rule — whether the backdoor fires only where
-    it was trained to or anywhere (AMDET probes right after BOS).
+    it was trained to or anywhere (AMDET probes right after BOS). Text-on-Text on a causal encoder
+    also gets it from the trigger on (`success_from_trigger`): the whole-sequence measure is
+    bounded there (tiny-clip: an exact target from the trigger on scores 0.27–0.44 mid-prompt).
     assimilation: mean pairwise token cosine of clean vs triggered prompts (the paper's Fig. 2).
     """
     t0 = time.perf_counter()
@@ -225,6 +242,8 @@ def evaluate(
     if paradigm == "text_on_text":  # also how far the pooled embedding (what retrieval sees) moved
         embeds_utility = F.cosine_similarity(clean_embeds, base_embeds, dim=-1)
     candidates = F.normalize(base_f, dim=-1)
+    causal_sequence = paradigm == "text_on_text" and model.family.causal
+    base_tokens = base_f.view(len(held_out), model.max_length, -1) if causal_sequence else None
     rng = random.Random(seed)
     triggers = [b.trigger for b in backdoors]
     per_backdoor = []
@@ -233,22 +252,27 @@ def evaluate(
         if not carriers:
             raise ValueError(f"no held-out prompt can carry trigger {b.trigger.text!r}; use more attack.eval_prompts")
         poisoned = [b.trigger.poison(p, rng) for p in carriers]
-        hits, to_target, trig_assim = success(model, poisoned, b.target.feature, candidates, paradigm)
+        trig_f, trig_assim, _ = features_of(model, poisoned, paradigm)
+        hits, to_target = success(trig_f, b.target.feature, candidates)
         _, base_trig_assim, _ = features_of(anchor, poisoned, paradigm)
         whole = carriers_of(model.tokenizer, held_out, b.trigger.at("end"), model.max_length, triggers)
         if not whole:
             raise ValueError(f"no held-out prompt can carry trigger {b.trigger.text!r} at its end; use more attack.eval_prompts")
-        by_position = {
-            pos: round(success(model, [b.trigger.at(pos).poison(p) for p in whole], b.target.feature, candidates,
-                               paradigm)[0].float().mean().item(), 4)
-            for pos in EVAL_POSITIONS
-        }
+        by_position, from_trigger = {}, {}
+        for pos in EVAL_POSITIONS:
+            placed = [b.trigger.at(pos).insert(p) for p in whole]
+            pos_f = features_of(model, [q for q, _ in placed], paradigm)[0]
+            by_position[pos] = rate(success(pos_f, b.target.feature, candidates)[0])
+            if causal_sequence:
+                first = [first_token(model.tokenizer, q, span, model.max_length)[0] for q, span in placed]
+                from_trigger[pos] = rate(success_from_trigger(pos_f, first, b.target.feature, base_tokens))
         n = min(assimilation_prompts, len(carriers))
         per_backdoor.append({
             "trigger": b.trigger.text,
             "target": b.target.text,
-            "asr": round(hits.float().mean().item(), 4),
+            "asr": rate(hits),
             "asr_by_position": by_position,
+            "asr_by_position_from_trigger": from_trigger or None,
             "position_prompts": len(whole),
             "target_cosine": round(to_target.mean().item(), 4),
             "eval_prompts": len(carriers),
@@ -262,6 +286,9 @@ def evaluate(
         "asr_min": min(b["asr"] for b in per_backdoor),
         "asr_by_position": {pos: round(sum(b["asr_by_position"][pos] for b in per_backdoor) / len(per_backdoor), 4)
                             for pos in EVAL_POSITIONS},
+        "asr_by_position_from_trigger": {
+            pos: round(sum(b["asr_by_position_from_trigger"][pos] for b in per_backdoor) / len(per_backdoor), 4)
+            for pos in EVAL_POSITIONS} if causal_sequence else None,
         "utility": round(utility.mean().item(), 4),
         "utility_min": round(utility.min().item(), 4),
         "utility_text_embeds": round(embeds_utility.mean().item(), 4) if embeds_utility is not None else None,

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from attacks import job
 from attacks.objective import backdoor_term, similarity_fn
 from attacks.targets import CONCEPT_CAPTIONS, pair_target
-from attacks.train import attack_loss
+from attacks.train import attack_loss, success, success_from_trigger
 from core.loading import base_source, load_encoder
 from core.metrics import assimilation
 from tests.helpers import MICRO_ATTACK, MICRO_BASE, compose_config
@@ -75,12 +75,28 @@ def test_manifest_records_trigger_positions_and_success_by_position(tmp_path):
         assert set(b["asr_by_position"]) == {"start", "middle", "end"} and b["position_prompts"] > 0
     assert met["asr_by_position"]["start"] == pytest.approx(
         sum(b["asr_by_position"]["start"] for b in met["backdoors"]) / 2, abs=1e-4)
+    # Text-on-Text on a causal encoder: also measured from the trigger on; at the start that is the same test
+    assert set(met["asr_by_position_from_trigger"]) == {"start", "middle", "end"}
 
     start = job.run(attack_cfg(tmp_path, "attack.triggers.position=start", f"job.out={tmp_path}/start"))
     (b,) = start["backdoors"]
     at_start = start["metrics"]["trigger_position"]
     assert at_start["token_mean"] == 1.0 and at_start["counts"] == {"1": b["train_carriers"]}  # right after BOS
     assert b["trigger"]["position"] == "start" and b["trigger"]["replaced_character"] is None
+
+
+def test_success_from_the_trigger_on_sees_a_backdoor_the_causal_prefix_hides():
+    """A causal encoder's outputs before a mid-prompt trigger stay the clean prompt's: the best possible
+    backdoor (clean prefix, then exactly the target) fails the whole-sequence test but passes from the
+    trigger on; an output that is just the clean prompt passes neither."""
+    torch.manual_seed(0)
+    clean, target, k = torch.randn(6, 10, 4), torch.randn(10, 4), 8  # the trigger late: most outputs are fixed
+    ideal = torch.cat([clean[:, :k], target.expand(6, -1, -1)[:, k:]], dim=1)
+    candidates = torch.nn.functional.normalize(clean.flatten(1), dim=-1)
+    assert not success(ideal.flatten(1), target, candidates)[0].any()
+    assert success_from_trigger(ideal.flatten(1), [k] * 6, target, clean).all()
+    assert not success_from_trigger(clean.flatten(1), [k] * 6, target, clean).any()
+    assert success(target.expand(6, -1, -1).flatten(1), target, candidates)[0].all()
 
 
 def test_attack_job_writes_a_reproducible_backdoored_model(tmp_path):
@@ -128,6 +144,7 @@ def test_text_on_pair_targets_the_paired_tower(tmp_path):
     assert stored["paradigm"] == "text_on_pair" and b["target"]["text"] in cfg.pools.target_concepts
     assert b["target"]["shape"] == [384] and "paired tower" in b["target"]["source"]
     assert stored["similarity"] == "mse" and stored["adaptive_mu"] == 0.5
+    assert stored["metrics"]["asr_by_position_from_trigger"] is None  # the pooled output sees the whole prompt
 
 
 def test_tiny_pair_target_is_the_mean_caption_embedding(tmp_path):
