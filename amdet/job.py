@@ -33,7 +33,7 @@ from core.provenance import compute_record, provenance
 from core.settings import from_config
 from core.snapshot import snapshots_for
 from core.drift import drift
-from core.store import MANIFEST, atomic_write, read_manifest
+from core.store import MANIFEST, read_manifest, write_lines_atomic
 
 log = logging.getLogger("amdet")
 SHALLOW_PROMPTS = "shallow_prompts.txt"  # beside result.json: the prompts the scan used, one per line
@@ -169,17 +169,19 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         plans = regimes(cfg, model, observe)
         t = time.perf_counter()
         prompts, shallow_desc = shallow_prompts(cfg)
-        write_prompts(out / SHALLOW_PROMPTS, prompts)
+        write_lines_atomic(out / SHALLOW_PROMPTS, prompts)
         prompts_s = time.perf_counter() - t
         # the primary regime first: it also measures the budget-fixed score (the same for every regime)
-        order = sorted(plans, key=lambda name: name != (CALIBRATED if CALIBRATED in plans else next(iter(plans))))
+        name0 = CALIBRATED if CALIBRATED in plans else next(iter(plans))
+        order = [name0, *(name for name in plans if name != name0)]
+        snapshots = {name: snapshots_for(cfg, "scan" if name == name0 else f"scan-{name}") for name in order}
         found, data = {}, None
-        for i, name in enumerate(order):
+        for name in order:
             scan_cfg = scan_config(s, plans[name][0])
             if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
                 scan_cfg = dataclasses.replace(scan_cfg, check_early_exit=False)
-            snapshots = snapshots_for(cfg, "scan" if i == 0 else f"scan-{name}")
-            found[name] = scan(model, anchor, prompts, scan_cfg, cfg.progress, snapshots, data=data, with_score=i == 0)
+            found[name] = scan(model, anchor, prompts, scan_cfg, cfg.progress, snapshots[name], data=data,
+                               with_score=name == name0)
             data = found[name].pop("data")
         primary = found[order[0]]
         files = write_artifacts(out, primary)
@@ -188,14 +190,15 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         scan_s = time.perf_counter() - t0  # the detection's cost; Sim and the floor below are evaluation
         t = time.perf_counter()
         truth, sim = ground_truth(s.model_path, model, primary)
-        floor = drift(model, anchor, primary["test_prompts"])
         sim_s = time.perf_counter() - t
+        t = time.perf_counter()
+        floor = drift(model, anchor, primary["test_prompts"])
+        floor_s = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 — every failure must end in a result that says so
         write_result(out, {**base, "status": "error", "reason": one_line(exc), "traceback": traceback.format_exc(),
                            **({"times": earlier_times} if earlier_times else {}),
                            "time_s": round(time.perf_counter() - t0, 2)})
         raise
-    name0 = order[0]
     times = {**(earlier_times or {}), "load_s": load_s, "prompts_s": prompts_s,
              **{k: sum(f["times"].get(k, 0.0) for f in found.values()) for k in primary["times"]}}
     detection_s = sum(sum(f["times"].values()) for f in found.values())
@@ -227,13 +230,13 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         "checks": primary["checks"],
         "shallow": {**primary["shallow"], **shallow_desc, "file": SHALLOW_PROMPTS},
         "files": files,
-        "times": {k: round(v, 3) for k, v in {**times, "sim_s": sim_s}.items()},
+        "times": {k: round(v, 3) for k, v in {**times, "sim_s": sim_s, "floor_s": floor_s}.items()},
         "detection_s": round(detection_s, 2),  # the detector's own phases, every regime: features, inversion, checks, landscape
         "time_s": round(scan_s, 2),  # one detection: loading, prompts, the scans, their artefacts
     }
     path = write_result(out, result)
-    for name in order:
-        snapshots_for(cfg, "scan" if name == name0 else f"scan-{name}").clear()
+    for snapshot in snapshots.values():
+        snapshot.clear()
     sim_text = f", Sim {sim:.3f}" if sim is not None else ""
     verdicts = ", ".join(f"{k} {v}" for k, v in (result["verdicts"] or {}).items() if v)
     print(f"{verdicts or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
@@ -254,8 +257,3 @@ def shallow_prompts(cfg: DictConfig) -> tuple[list[str], dict]:
     training prompts — and what the result records of where they came from."""
     source = make_prompt_source(shallow_source(cfg))
     return source.load(cfg.scan.prompts, seed=cfg.scan.seed, role="defender"), source.describe("defender")
-
-
-def write_prompts(path: Path, prompts: list[str]) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")

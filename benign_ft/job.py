@@ -75,9 +75,10 @@ def benign_prompts(cfg: DictConfig) -> tuple[list[str], list[str]]:
     return prompts[: b.eval_prompts], prompts[b.eval_prompts :]
 
 
-def pair_set(cfg: DictConfig, hp: BenignHParams, progress: bool) -> PairSet:
+def pair_set(cfg: DictConfig, hp: BenignHParams, progress: bool, captions: list[str]) -> PairSet:
+    """Tiny encoders: `captions` (benign_prompts' training ones) paired by the paired tower; real
+    encoders: the COCO-style pairs of benign.pairs."""
     if cfg.encoder.get("tiny"):
-        captions = benign_prompts(cfg)[1]
         return tiny_pairs(captions, hp.logit_scale, hp.logit_bias if cfg.encoder.family == "siglip" else None)
     p = cfg.benign.pairs
     return coco_pair_set(p.annotation_file, p.image_dir, cfg.benign.image_tower, p.limit, progress)
@@ -119,8 +120,8 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None, steps: set[int] | No
     source = base_source(cfg.encoder, cfg.progress)
     anchor = anchor or load_encoder(source, cfg.device)
     model = load_encoder(source, cfg.device)
-    pairs = pair_set(cfg, hp, cfg.progress)
-    held_out = benign_prompts(cfg)[0]
+    held_out, captions = benign_prompts(cfg)
+    pairs = pair_set(cfg, hp, cfg.progress, captions)
     setup_s = time.perf_counter() - t0
 
     config = OmegaConf.to_container(cfg, resolve=True)

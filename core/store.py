@@ -79,6 +79,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def write_lines_atomic(path: Path, lines: list[str]) -> None:
+    """One line per entry (prompts: their text never holds a newline once cleaned), atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
@@ -106,7 +112,7 @@ def save_model(encoder: TextEncoder, directory: str | os.PathLike, manifest: dic
         encoder.save(tmp)
         write_json_atomic(tmp / MANIFEST, {**manifest, "provenance": provenance()})
         if train_prompts is not None:
-            (tmp / TRAIN_PROMPTS).write_text("".join(f"{p}\n" for p in train_prompts), encoding="utf-8")
+            write_lines_atomic(tmp / TRAIN_PROMPTS, train_prompts)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)

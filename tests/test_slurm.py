@@ -60,13 +60,14 @@ def squeue() -> list[dict]:
     return [dict(zip(("job", "task", "state"), line.split("|"))) for line in out.split()]
 
 
-def cancel_a_running_task(proc: subprocess.Popen, tasks: int, timeout: float = 300) -> str:
-    """scancel one task of the first array with `tasks` tasks, as soon as one of them runs."""
+def cancel_a_running_task(proc: subprocess.Popen, tasks: int, spare: int, timeout: float = 300) -> str:
+    """scancel one task of the first array with `tasks` tasks, as soon as one of them runs, but not
+    task `spare` (the raising cell's: cancelled, it would fail for the wrong reason, as seen in CI)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         rows = squeue()
         arrays = {r["job"] for r in rows if r["task"] == str(tasks - 1)}
-        running = [r for r in rows if r["job"] in arrays and r["state"] == "RUNNING"]
+        running = [r for r in rows if r["job"] in arrays and r["state"] == "RUNNING" and r["task"] != str(spare)]
         if running:
             victim = f"{running[0]['job']}_{running[0]['task']}"
             subprocess.run(["scancel", victim], check=True)
@@ -96,7 +97,8 @@ def test_a_slurm_sweep_reports_failures_resumes_the_gaps_and_matches_the_local_o
     (broken.directory / "model" / "model.safetensors").write_bytes(b"\x00" * 64)
 
     proc = sweeps_cli("run", *GRID, f"paths.output_dir={slurm_out}", *SLURM)
-    cancelled = cancel_a_running_task(proc, tasks=5)  # in the first array of the scored cells
+    # in the first array of the scored cells (one cell a task, in plan order), not the raising cell's task
+    cancelled = cancel_a_running_task(proc, tasks=5, spare=scored.index(broken))
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1, output  # cells failed: exit status 1, the summary lists them
     sweep_dir = slurm_out / "sweeps" / "embedded"
