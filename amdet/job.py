@@ -24,7 +24,7 @@ from amdet.inversion import LossWeights
 from amdet.landscape import LandscapeConfig
 from amdet.outputs import write_artifacts, write_result
 from amdet.profiles import check_disjoint, find_profile, load_profile, overridden_checks, profile_checks, require_file
-from amdet.scan import ScanConfig, scan
+from amdet.scan import ScanConfig, scan_regimes
 from core.encoders import TextEncoder
 from core.errors import one_line
 from core.loading import load_encoder
@@ -149,8 +149,8 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
             extra: dict | None = None, earlier_times: dict | None = None) -> dict:
     """Scan cfg.scan.model_path against cfg.scan.anchor_path; write out/result.json (ok or error).
 
-    One inversion per threshold regime (paper's fixed thresholds, calibrated profile), on the same
-    shallow features; the primary regime (calibrated when there is a profile) gives the top-level
+    Every threshold regime (paper's fixed thresholds, calibrated profile) in one scan, sharing the
+    shallow features and the inversion for as long as their trajectories agree; the primary regime (calibrated when there is a profile) gives the top-level
     verdict and the artefacts in `out`, the other its own in out/regimes/<name>/.
     observe: the calibration mode (checks from the first step, no early stop, no verdict rule).
     anchor: the anchor already loaded (a cell job's base); extra: more fields for result.json;
@@ -171,18 +171,14 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         prompts, shallow_desc = shallow_prompts(cfg)
         write_lines_atomic(out / SHALLOW_PROMPTS, prompts)
         prompts_s = time.perf_counter() - t
-        # the primary regime first: it also measures the budget-fixed score (the same for every regime)
+        # the primary regime (calibrated when there is a profile) gives the top-level record
         name0 = CALIBRATED if CALIBRATED in plans else next(iter(plans))
         order = [name0, *(name for name in plans if name != name0)]
-        snapshots = {name: snapshots_for(cfg, "scan" if name == name0 else f"scan-{name}") for name in order}
-        found, data = {}, None
-        for name in order:
-            scan_cfg = scan_config(s, plans[name][0])
-            if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
-                scan_cfg = dataclasses.replace(scan_cfg, check_early_exit=False)
-            found[name] = scan(model, anchor, prompts, scan_cfg, cfg.progress, snapshots[name], data=data,
-                               with_score=name == name0)
-            data = found[name].pop("data")
+        configs = {name: scan_config(s, plans[name][0]) for name in order}
+        if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
+            configs = {name: dataclasses.replace(c, check_early_exit=False) for name, c in configs.items()}
+        snapshots = snapshots_for(cfg, "scan")
+        found, scan_times, _ = scan_regimes(model, anchor, prompts, configs, cfg.progress, snapshots)
         primary = found[order[0]]
         files = write_artifacts(out, primary)
         for name in order[1:]:
@@ -199,9 +195,8 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
                            **({"times": earlier_times} if earlier_times else {}),
                            "time_s": round(time.perf_counter() - t0, 2)})
         raise
-    times = {**(earlier_times or {}), "load_s": load_s, "prompts_s": prompts_s,
-             **{k: sum(f["times"].get(k, 0.0) for f in found.values()) for k in primary["times"]}}
-    detection_s = sum(sum(f["times"].values()) for f in found.values())
+    times = {**(earlier_times or {}), "load_s": load_s, "prompts_s": prompts_s, **scan_times}
+    detection_s = sum(scan_times.values())
     cut = plans[name0][1]["score_cut"]
     result = {
         **base,
@@ -235,8 +230,7 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         "time_s": round(scan_s, 2),  # one detection: loading, prompts, the scans, their artefacts
     }
     path = write_result(out, result)
-    for snapshot in snapshots.values():
-        snapshot.clear()
+    snapshots.clear()
     sim_text = f", Sim {sim:.3f}" if sim is not None else ""
     verdicts = ", ".join(f"{k} {v}" for k, v in (result["verdicts"] or {}).items() if v)
     print(f"{verdicts or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
@@ -249,7 +243,7 @@ def regime_record(found: dict, plan: tuple[CheckThresholds, dict]) -> dict:
     return {"verdict": found["verdict"], "thresholds": vars(plan[0]), "thresholds_source": plan[1]["source"],
             "steps": found["steps"], "best_running_loss": found["best_running_loss"],
             "landscape_ratio": found["landscape_ratio"], "checks": found["checks"],
-            "times": {k: round(v, 3) for k, v in found["times"].items()}}
+            "times": {k: round(v, 3) for k, v in found["regime_times"].items()}}  # its own checks and landscapes
 
 
 def shallow_prompts(cfg: DictConfig) -> tuple[list[str], dict]:

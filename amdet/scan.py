@@ -12,6 +12,7 @@ scan stopped: a scan that stops before the budget forks its state and runs the p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -72,7 +73,7 @@ class Trajectory:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.v = torch.nn.Parameter((torch.randn(cfg.k, model.hidden_size, generator=self.gen) * cfg.init_std).to(model.device))
         self.opt = torch.optim.Adam([self.v], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.n_batches = len(data.train) // cfg.batch_size
+        self.n_batches = n_batches(data, cfg)
         self.epoch, self.batch, self.order, self.total, self.steps = 0, 0, None, 0.0, 0
 
     def step(self, model: TextEncoder, anchor: TextEncoder) -> tuple[float, dict]:
@@ -125,11 +126,41 @@ def score_steps(cfg: ScanConfig, n_batches: int) -> int:
 
 
 def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanConfig, progress: bool = True,
-         snapshots: Snapshots | None = None, data: ShallowSet | None = None, with_score: bool = True) -> dict:
-    """Scan `model` against its clean `anchor`. With `snapshots`, a restarted scan continues its
-    inversion from the last saved step and reaches the same verdict and score. `data`: the shallow
-    features already computed for `prompts` (a second threshold regime reuses them); `with_score`:
-    False skips the budget-fixed score (the same for every regime: it does not depend on thresholds)."""
+         snapshots: Snapshots | None = None, data: ShallowSet | None = None) -> dict:
+    """Scan `model` against its clean `anchor` under one set of thresholds. With `snapshots`, a
+    restarted scan continues its inversion from the last saved step and reaches the same verdict and
+    score. `data`: the shallow features already computed for `prompts`."""
+    found, times, data = scan_regimes(model, anchor, prompts, {"scan": cfg}, progress, snapshots, data)
+    return {**found["scan"], "data": data, "times": times}
+
+
+class Regime:
+    """One threshold regime's walk along a trajectory that it may share with other regimes: its check
+    log, its best running loss, and where it ended (decided, with the landscape that decided it, or
+    at the end of its epochs)."""
+
+    def __init__(self, thresholds: CheckThresholds, traj: Trajectory):
+        self.th, self.traj = thresholds, traj
+        self.log, self.best_running, self.decided, self.done = [], float("inf"), None, False
+        self.v, self.steps = None, 0  # where it ended
+        self.checks_s = self.landscape_s = 0.0
+
+    def wants_epoch_end(self, running: float) -> bool:
+        return running < self.th.loss_stop or self.traj.epoch_done
+
+
+def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfgs: dict[str, ScanConfig],
+                 progress: bool = True, snapshots: Snapshots | None = None, data: ShallowSet | None = None,
+                 ) -> tuple[dict[str, dict], dict, ShallowSet]:
+    """Scan `model` under several threshold regimes (configs that differ in `thresholds` only) in one
+    pass: the regimes share one inversion trajectory for as long as they would follow the same one,
+    which is until a regime ends an epoch early (its loss_stop; it then walks on a fork) or decides.
+    Each regime's verdict, v, checks and landscape are those of a scan of its own; the landscape and
+    the final assimilation of a v that several regimes end on are computed once. Returns
+    ({name: result}, the whole scan's phase times, the shallow features)."""
+    cfg = next(iter(cfgs.values()))
+    if any(dataclasses.replace(c, thresholds=cfg.thresholds) != cfg for c in cfgs.values()):
+        raise ValueError("regimes of one scan may differ in their check thresholds only")
     check_compatible(model, anchor)
     times = {}
     t = time.perf_counter()
@@ -138,26 +169,32 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
     times["features_s"] = time.perf_counter() - t
 
     snapshots = snapshots or Snapshots(None)
-    traj = Trajectory(model, data, cfg)
-    budget = score_steps(cfg, traj.n_batches)
-    th = cfg.thresholds
-    log, best_running, decided, score = [], float("inf"), None, None
-    checks_s = landscape_s = score_s = 0.0
+    plain = Trajectory(model, data, cfg)  # the trajectory with no decision and no early epoch end
+    budget = score_steps(cfg, n_batches(data, cfg))
+    regimes = {name: Regime(c.thresholds, plain) for name, c in cfgs.items()}
+    score, cache = None, {}  # cache: (what, v) → landscape or final assimilation of that v
     if saved := snapshots.load():  # a requeued scan continues its inversion where it was
-        traj.restore(saved)
-        best_running, log, score = saved["best_running"], saved["log"], saved.get("score")
+        score, plain = restore_regimes(saved, model, data, cfg, regimes)
+    phase = {"checks_s": 0.0, "landscape_s": 0.0, "score_s": 0.0}
+
+    def timed(key: str, fn, *args):
+        ts = time.perf_counter()
+        value = fn(*args)
+        phase[key] += time.perf_counter() - ts
+        return value, time.perf_counter() - ts
+
+    def once(what: str, v: torch.Tensor, fn):
+        """fn() computed once per exact v (regimes that end on the same v share it)."""
+        key = (what, v.detach().cpu().numpy().tobytes())
+        if key not in cache:
+            cache[key] = fn()
+        return cache[key]
 
     def measure_score(v: torch.Tensor) -> float:
-        nonlocal score_s
-        ts = time.perf_counter()
-        value = mean_assimilation(model, test_hidden, v.detach())
-        score_s += time.perf_counter() - ts
-        return value
+        return timed("score_s", mean_assimilation, model, test_hidden, v.detach())[0]
 
-    def forked_score() -> float | None:
-        """The score on the plain trajectory, when the scan is about to leave it before the budget."""
-        if not with_score or score is not None:
-            return score
+    def forked_score(traj: Trajectory) -> float:
+        """The score on the plain trajectory, run on from `traj` when every regime leaves it before the budget."""
         twin = traj.clone(model)
         while twin.steps < budget:
             twin.step(model, anchor)
@@ -166,68 +203,126 @@ def scan(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cfg: ScanC
         return measure_score(twin.v)
 
     t = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * traj.n_batches, initial=traj.steps, desc="inversion", disable=not progress, leave=False)
-    while traj.epoch < cfg.epochs:
-        running, terms = traj.step(model, anchor)
-        best_running = min(best_running, running)
+    bar = tqdm(total=cfg.epochs * n_batches(data, cfg), initial=max(r.traj.steps for r in regimes.values()), desc="inversion", disable=not progress, leave=False)
+    while active := [r for r in regimes.values() if not r.done]:
+        for traj in unique(r.traj for r in active):
+            walkers = [r for r in active if r.traj is traj]
+            running, terms = traj.step(model, anchor)
+            if traj is plain and traj.steps == budget and score is None:
+                score = measure_score(traj.v)
+            for r in walkers:
+                r.best_running = min(r.best_running, running)
+                th = r.th
+                # checks on the cadence, and on the step that ends an epoch: with a sparse cadence the
+                # loss can pass both loss_start and loss_stop between two cadence points
+                due = traj.batch % cfg.check_every == 0 or running < th.loss_stop or traj.epoch_done
+                if not (running < th.loss_start and due):
+                    continue
+                stats, spent = timed("checks_s", evaluate_checks, model, anchor, test_hidden, traj.v.detach(), th,
+                                     None, cfg.check_early_exit)
+                r.checks_s += spent
+                entry = {"step": traj.steps, "epoch": traj.epoch, "running_loss": running, **terms_prefixed(terms), **stats}
+                r.log.append(entry)
+                if stats["all_pass"]:
+                    land, spent = timed("landscape_s", once, "landscape", traj.v,
+                                        lambda: landscape_of(model, anchor, data, traj.v, cfg))
+                    r.landscape_s += spent
+                    entry["landscape_ratio"] = land["positive_ratio"]
+                    if land["positive_ratio"] > th.landscape_ratio:
+                        r.decided, r.done, r.v, r.steps = land, True, traj.v.detach().clone(), traj.steps
+            walkers = [r for r in walkers if not r.done]
+            ending = [r for r in walkers if r.wants_epoch_end(running)]
+            if ending and len(ending) < len(walkers):  # some end the epoch early: they walk on a fork
+                fork = traj.clone(model)
+                fork.end_epoch()
+                for r in ending:
+                    r.traj = fork
+            elif ending:
+                if traj is plain and not traj.epoch_done:  # an early epoch end leaves the plain trajectory
+                    score = score if score is not None else forked_score(traj)
+                    plain = None
+                traj.end_epoch()
+            for r in walkers:
+                if r.traj.epoch >= cfg.epochs:
+                    r.done, r.v, r.steps = True, r.traj.v.detach().clone(), r.traj.steps
+        if plain is not None and all(r.done or r.traj is not plain for r in regimes.values()):
+            score = score if score is not None else forked_score(plain)  # every regime left it before the budget
+            plain = None
         bar.update()
-        bar.set_postfix(loss=f"{running:.3f}")
-        if with_score and traj.steps == budget:
-            score = measure_score(traj.v)
-        # checks on the cadence, and on the step that ends an epoch: with a sparse cadence the
-        # loss can pass both loss_start and loss_stop between two cadence points
-        due = traj.batch % cfg.check_every == 0 or running < th.loss_stop or traj.epoch_done
-        if running < th.loss_start and due:
-            tc = time.perf_counter()
-            stats = evaluate_checks(model, anchor, test_hidden, traj.v.detach(), th, early_exit=cfg.check_early_exit)
-            checks_s += time.perf_counter() - tc
-            entry = {"step": traj.steps, "epoch": traj.epoch, "running_loss": running, **terms_prefixed(terms), **stats}
-            log.append(entry)
-            if stats["all_pass"]:
-                tl = time.perf_counter()
-                land = landscape_of(model, anchor, data, traj.v, cfg)
-                landscape_s += time.perf_counter() - tl
-                entry["landscape_ratio"] = land["positive_ratio"]
-                if land["positive_ratio"] > th.landscape_ratio:
-                    decided = land
-                    break
-        if running < th.loss_stop or traj.epoch_done:
-            if not traj.epoch_done:  # an early epoch end leaves the plain trajectory
-                score = forked_score()
-            traj.end_epoch()
-        snapshots.maybe_save(lambda: {**traj.state(), "best_running": best_running, "log": log, "score": score})
+        snapshots.maybe_save(lambda: regimes_state(regimes, plain, score))
     bar.close()
-    score = forked_score()  # a decided scan may stop before the budget
-    times["inversion_s"] = time.perf_counter() - t - checks_s - landscape_s - score_s
-    times["checks_s"] = checks_s
+    times["inversion_s"] = time.perf_counter() - t - sum(phase.values())
+    times["checks_s"] = phase["checks_s"]
 
-    t = time.perf_counter()
-    land = decided or landscape_of(model, anchor, data, traj.v, cfg)  # the record of a benign scan has one too
-    landscape_s += time.perf_counter() - t
-    times["landscape_s"] = landscape_s
-    v = traj.v.detach()
-    final = measure_score(v)
-    times["score_s"] = score_s
-    with torch.no_grad():
-        reversed_feature = model.encode(insert(test_hidden[:1], v, model.insert_position))[0]
+    found = {}
+    for name, r in regimes.items():
+        land = r.decided or timed("landscape_s", once, "landscape", r.v,
+                                  lambda: landscape_of(model, anchor, data, r.v, cfg))[0]  # a benign scan's record has one too
+        final = once("assimilation", r.v, lambda: measure_score(r.v))
+        with torch.no_grad():
+            reversed_feature = model.encode(insert(test_hidden[:1], r.v, model.insert_position))[0]
+        found[name] = {
+            "verdict": "backdoor" if r.decided else "benign",
+            "score": score,
+            "score_steps": budget,
+            "final_assimilation": final,  # with the v the scan ended on: depends on when it stopped
+            "steps": r.steps,
+            "resumed_from_step": snapshots.resumed_from,
+            "best_running_loss": r.best_running,
+            "checks": r.log,
+            "landscape_ratio": land["positive_ratio"],
+            "v": r.v.cpu(),
+            "reversed_feature": reversed_feature.cpu(),
+            "landscape": land,
+            "test_prompts": [prompts[i] for i in data.test.tolist()],  # benign prompts the inversion never saw (for Sim)
+            "shallow": {"prompts": len(prompts), "train": len(data.train), "test": len(data.test)},
+            "regime_times": {"checks_s": r.checks_s, "landscape_s": r.landscape_s},
+        }
+    times["landscape_s"], times["score_s"] = phase["landscape_s"], phase["score_s"]
+    return found, times, data
+
+
+def n_batches(data: ShallowSet, cfg: ScanConfig) -> int:
+    return len(data.train) // cfg.batch_size
+
+
+def unique(items) -> list:
+    """The distinct objects of `items` (by identity), in order."""
+    seen = {}
+    for item in items:
+        seen.setdefault(id(item), item)
+    return list(seen.values())
+
+
+def regimes_state(regimes: dict[str, Regime], plain: Trajectory | None, score: float | None) -> dict:
+    """A snapshot of a multi-regime scan: each distinct trajectory once, and where each regime is on it."""
+    trajs = unique(r.traj for r in regimes.values())
+    index = {id(tr): i for i, tr in enumerate(trajs)}
     return {
-        "verdict": "backdoor" if decided else "benign",
+        "step": max(tr.steps for tr in trajs),
+        "trajectories": [tr.state() for tr in trajs],
+        "regimes": {name: {"traj": index[id(r.traj)], "log": r.log, "best_running": r.best_running, "done": r.done,
+                           "decided": r.decided, "v": r.v, "steps": r.steps}
+                    for name, r in regimes.items()},
+        "plain": index[id(plain)] if plain is not None else -1,
         "score": score,
-        "score_steps": budget if with_score else None,
-        "final_assimilation": final,  # with the v the scan ended on: depends on when it stopped
-        "steps": traj.steps,
-        "resumed_from_step": snapshots.resumed_from,
-        "best_running_loss": best_running,
-        "checks": log,
-        "landscape_ratio": land["positive_ratio"],
-        "v": v.cpu(),
-        "reversed_feature": reversed_feature.cpu(),
-        "landscape": land,
-        "test_prompts": [prompts[i] for i in data.test.tolist()],  # benign prompts the inversion never saw (for Sim)
-        "shallow": {"prompts": len(prompts), "train": len(data.train), "test": len(data.test)},
-        "data": data,
-        "times": times,
     }
+
+
+def restore_regimes(saved: dict, model: TextEncoder, data: ShallowSet, cfg: ScanConfig,
+                    regimes: dict[str, Regime]) -> tuple[float | None, Trajectory | None]:
+    """The inverse of regimes_state: the trajectories rebuilt, the regimes put back on them."""
+    trajs = []
+    for state in saved["trajectories"]:
+        tr = Trajectory(model, data, cfg)
+        tr.restore(state)
+        trajs.append(tr)
+    for name, r in regimes.items():
+        s = saved["regimes"][name]
+        r.traj, r.log, r.best_running, r.done, r.decided = trajs[s["traj"]], s["log"], s["best_running"], s["done"], s["decided"]
+        if s["done"]:
+            r.v, r.steps = s["v"].to(model.device), s["steps"]
+    return saved["score"], (trajs[saved["plain"]] if saved["plain"] >= 0 else None)
 
 
 def terms_prefixed(terms: dict) -> dict:

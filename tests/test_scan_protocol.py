@@ -14,8 +14,9 @@ from amdet.calibrate import observing
 from amdet.checks import CheckThresholds
 from amdet.job import regimes, scan_to
 from amdet.landscape import LandscapeConfig
-from amdet.scan import ScanConfig, scan
+from amdet.scan import ScanConfig, scan, scan_regimes
 from core.drift import weight_distance
+from core.snapshot import Snapshots
 from core.tiny.architectures import random_encoder
 from sweeps.grid import plan
 from tests.helpers import compose_config, micro_arch
@@ -53,6 +54,54 @@ def test_score_is_the_assimilation_after_the_budget_of_plain_steps(models):
     assert early_end["score"] == plain["score"], "an epoch ended early forks the plain trajectory for the score"
     with pytest.raises(ValueError, match="score_steps must be 1–8"):
         scan(model, anchor, PROMPTS, replace(cfg, score_steps=9), progress=False)
+
+
+def test_regimes_scanned_together_end_as_each_scanned_alone(models):
+    """One pass for every regime: they share the trajectory until one decides or ends an epoch early
+    (it then walks on a fork), and each ends where its own scan ends."""
+    model, anchor = models
+    configs = {
+        "decides": config(loss_start=10.0, **OFF),                       # decides at the first check
+        "ends_early": config(loss_stop=10.0, loss_start=-10.0),          # every epoch ends after one step
+        "watches": replace(config(), thresholds=observing(CheckThresholds())),  # checks all, decides nothing
+        "plain": config(),
+    }
+    together, times, _ = scan_regimes(model, anchor, PROMPTS, configs, progress=False)
+    for name, cfg in configs.items():
+        alone = scan(model, anchor, PROMPTS, cfg, progress=False)
+        got = together[name]
+        assert (got["verdict"], got["steps"], got["score"]) == (alone["verdict"], alone["steps"], alone["score"]), name
+        assert torch.equal(got["v"], alone["v"]) and got["landscape_ratio"] == alone["landscape_ratio"], name
+        assert [c["running_loss"] for c in got["checks"]] == [c["running_loss"] for c in alone["checks"]], name
+        assert got["final_assimilation"] == alone["final_assimilation"], name
+    assert together["decides"]["steps"] < together["watches"]["steps"] and together["ends_early"]["steps"] == 2
+    with pytest.raises(ValueError, match="differ in their check thresholds only"):
+        scan_regimes(model, anchor, PROMPTS, {"a": config(), "b": replace(config(), lr=0.5)}, progress=False)
+
+
+def test_regimes_killed_after_their_trajectories_forked_resume_to_the_same_ends(models, tmp_path, monkeypatch):
+    model, anchor = models
+    # killed at step 5 of 8: one regime has decided (step 2), one has ended on its fork (2 steps)
+    configs = {"decides": config(loss_start=10.0, **OFF), "ends_early": config(loss_stop=10.0, loss_start=-10.0),
+               "watches": replace(config(), thresholds=observing(CheckThresholds()))}
+    whole, _, _ = scan_regimes(model, anchor, PROMPTS, configs, progress=False)
+    saves, original = [], Snapshots.save
+
+    def save(self, state):
+        original(self, state)
+        saves.append(state["step"])
+        if len(saves) == 5:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Snapshots, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        scan_regimes(model, anchor, PROMPTS, configs, progress=False, snapshots=Snapshots(tmp_path / "s.pt", 0.0))
+    monkeypatch.setattr(Snapshots, "save", original)
+    resumed, _, _ = scan_regimes(model, anchor, PROMPTS, configs, progress=False, snapshots=Snapshots(tmp_path / "s.pt", 0.0))
+    for name in configs:
+        a, b = whole[name], resumed[name]
+        assert b["resumed_from_step"] == 5 and (a["verdict"], a["steps"], a["score"]) == (b["verdict"], b["steps"], b["score"])
+        assert torch.equal(a["v"], b["v"]) and [c["step"] for c in a["checks"]] == [c["step"] for c in b["checks"]], name
+    assert [whole[n]["steps"] for n in configs] == [2, 2, 8] and whole["decides"]["verdict"] == "backdoor"
 
 
 def test_a_scan_reports_both_regimes_and_explicit_checks_win(tmp_path, pair):
