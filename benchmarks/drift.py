@@ -1,6 +1,6 @@
 """How far benign and backdoored tiny models move from their base: the difficulty floor's two statistics.
 
-    python benchmarks/drift.py [--lr 1e-4 3e-4 1e-3] [--out DIR]
+    python benchmarks/drift.py [--lr 3e-4 1e-3 1.5e-3] [--out DIR]
 
 Trains the embedded study's backdoored models (both paradigms, trigger lengths 1 and 3, seed 0, its
 lighter attack settings) and, per benign learning rate, one benign fine-tuning run with the
@@ -24,7 +24,7 @@ EMBEDDED_ATTACK = ["training.attack.steps=50", "training.attack.clean_batch=32",
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lr", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3], help="benign learning rates")
+    parser.add_argument("--lr", type=float, nargs="+", default=[3e-4, 1e-3, 1.5e-3], help="benign learning rates")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 30, 160, 180], help="benign checkpoints")
     parser.add_argument("--prompts", type=int, default=200, help="defender prompts for the output drift")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "benchmarks" / "drift"))

@@ -58,7 +58,8 @@ def print_summary(summary: dict, phases=("calibration", "scored")) -> int:
     for phase in phases:
         s = summary.get(phase)
         if s:
-            print(f"{phase}: {s['cells']} cells, {s['computed']} computed, {s['skipped']} already done, "
+            elsewhere = f", {s['elsewhere']} computed by another launcher" if s.get("elsewhere") else ""
+            print(f"{phase}: {s['cells']} cells, {s['computed']} computed, {s['skipped']} already done{elsewhere}, "
                   f"{len(s['failed'])} failed")
             for f in s["failed"]:
                 print(f"  failed: {f['cell']}: {f['reason']}")

@@ -33,6 +33,7 @@ from core.loading import base_source, load_encoder
 from core.provenance import compute_record, config_hash, provenance, settings_hash
 from core.store import model_settings_key, read_manifest
 from core.threads import set_threads
+from sweeps.claim import Claimed, claim
 from sweeps.validate import validate
 from sweeps import tracking
 from sweeps.naming import cell_dirname
@@ -167,11 +168,32 @@ def drop_stale_weights(model_dir: Path) -> None:
 
 
 def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
+    """The cell's result: the finished one, or computed here under the cell's claim (Claimed when
+    another live process is computing it)."""
     done = finished(out, cfg)
     if done:
         print(f"cell {cell_id}: done ({done['verdict']}, score {done['score']:.3f}) — skipped")
         return done
+    try:
+        return compute_claimed(out, cfg, cell_id, anchor)
+    except Claimed:
+        if done := finished(out, cfg):  # another launcher finished it meanwhile
+            return done
+        raise
+
+
+def compute_claimed(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
+    """What a sweep's executors run: compute the cell under its claim. Claimed when another live process
+    holds the claim or the cell is finished (by whoever), so each cell counts as computed by the one
+    launcher that computed it."""
     validate(cfg)  # every setting, before anything is loaded
+    with claim(out):
+        if finished(out, cfg):
+            raise Claimed(f"cell {cell_id} was finished by another launcher")
+        return compute_cell(out, cfg, cell_id, anchor)
+
+
+def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
     set_threads(cfg)
     cfg = cfg.copy()
     with open_dict(cfg):  # a requeued cell resumes its training or inversion from these; a shared

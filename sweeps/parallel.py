@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
 
+from sweeps.claim import Claimed
 from sweeps.grid import Cell
 
 log = logging.getLogger("amdet")
@@ -58,15 +59,17 @@ def _run_one(cell: Cell) -> dict:
     from omegaconf import open_dict
 
     from core.errors import one_line
-    from sweeps.cell import run_cell
+    from sweeps.cell import compute_claimed
     from sweeps.run import anchor_for
 
     try:
         cfg = cell.config()
         with open_dict(cfg):
             cfg.threads = _threads  # run_cell sets the same count again (not SLURM_CPUS_PER_TASK's)
-        run_cell(cell.directory, cfg, cell.id, anchor=anchor_for(cfg, _anchors))
+        compute_claimed(cell.directory, cfg, cell.id, anchor=anchor_for(cfg, _anchors))
         return {"cell": cell.id, "status": "ok"}
+    except Claimed:
+        return {"cell": cell.id, "status": "claimed"}
     except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
         return {"cell": cell.id, "status": "error", "reason": one_line(exc)}
 
@@ -95,7 +98,7 @@ def run_cells_parallel(cells: list[Cell], workers: int, threads: int | None, pro
     from sweeps.submit import record_dead
 
     todo = [c for c in cells if not finished(c.directory)]
-    failures, computed = [], 0
+    failures, claimed, computed = [], [], 0
     if todo:
         build_bases(todo, progress)
         workers = min(workers, len(todo))
@@ -115,7 +118,10 @@ def run_cells_parallel(cells: list[Cell], workers: int, threads: int | None, pro
                     status = {"cell": cell.id, "status": "error", "reason": reason}
                 if status["status"] == "ok":
                     computed += 1
+                elif status["status"] == "claimed":
+                    claimed.append(status["cell"])
                 else:
                     failures.append({"cell": status["cell"], "reason": status["reason"]})
                     log.error("cell %s failed: %s", cell.id, status["reason"])
-    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
+    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures,
+            "claimed": claimed}

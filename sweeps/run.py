@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from core.errors import one_line
 from core.provenance import compute_mismatch
 from core.store import write_json_atomic
-from sweeps.cell import finished, run_cell
+from sweeps.cell import compute_claimed, finished
+from sweeps.claim import Claimed, wait_for
 from sweeps.grid import Cell, compose_config, plan
 from sweeps.validate import validate
 
@@ -60,20 +61,24 @@ def record_sweep(sweep_dir: Path, overrides: list[str], scored: list[Cell], cali
 
 
 def run_cells(cells: list[Cell], progress: bool, desc: str) -> dict:
-    """Run each cell not yet done; returns counts and the failures (cell id, reason)."""
-    anchors, failures, computed = {}, [], 0
+    """Run each cell not yet done; returns counts, the failures (cell id, reason) and the cells another
+    live process holds the claim of."""
+    anchors, failures, claimed, computed = {}, [], [], 0
     todo = [c for c in cells if not finished(c.directory)]
     bar = tqdm(todo, desc=desc, disable=not progress, unit="cell")
     for cell in bar:
         bar.set_postfix_str(cell.id[-60:])
         cfg = cell.config()
         try:
-            run_cell(cell.directory, cfg, cell.id, anchor=anchor_for(cfg, anchors))
+            compute_claimed(cell.directory, cfg, cell.id, anchor=anchor_for(cfg, anchors))
             computed += 1
+        except Claimed:
+            claimed.append(cell.id)
         except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
             failures.append({"cell": cell.id, "reason": one_line(exc)})
             log.error("cell %s failed: %s", cell.id, failures[-1]["reason"])
-    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
+    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures,
+            "claimed": claimed}
 
 
 def anchor_for(cfg, anchors: dict):
@@ -88,16 +93,31 @@ def anchor_for(cfg, anchors: dict):
 
 def run_phase(cells: list[Cell], cfg, sweep_dir: Path, progress: bool, desc: str) -> dict:
     """Here, in this process or in local worker processes; or through submitit when the launcher is
-    submitit_local or slurm."""
+    submitit_local or slurm. Cells that another launcher is computing are waited for (a phase ends
+    with all its cells done or failed); those it left unfinished are run here."""
     from sweeps.parallel import run_cells_parallel, worker_count
     from sweeps.submit import is_submitit, run_remote
 
-    if is_submitit(cfg.hydra.launcher):
-        return run_remote(cells, cfg, sweep_dir, desc)
-    workers = worker_count(cfg)
-    if workers > 1:
-        return run_cells_parallel(cells, workers, cfg.get("threads"), progress, desc)
-    return run_cells(cells, progress, desc)
+    def execute(todo: list[Cell]) -> dict:
+        if is_submitit(cfg.hydra.launcher):
+            return run_remote(todo, cfg, sweep_dir, desc)
+        workers = worker_count(cfg)
+        if workers > 1:
+            return run_cells_parallel(todo, workers, cfg.get("threads"), progress, desc)
+        return run_cells(todo, progress, desc)
+
+    summary = {**execute(cells), "elsewhere": 0}
+    while summary["claimed"]:
+        busy = [c for c in cells if c.id in set(summary["claimed"])]
+        print(f"{desc}: {len(busy)} cells are being computed by another launcher; waiting for them")
+        wait_for([c.directory for c in busy])
+        again = [c for c in busy if not finished(c.directory)]
+        summary["elsewhere"] += len(busy) - len(again)
+        more = execute(again) if again else {"computed": 0, "failed": [], "claimed": []}
+        summary.update(computed=summary["computed"] + more["computed"], failed=summary["failed"] + more["failed"],
+                       claimed=more["claimed"])
+    del summary["claimed"]
+    return summary
 
 
 def fit_profiles(cfg, calibration: list[Cell]) -> list[Path]:

@@ -19,6 +19,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import first_line, one_line
+from sweeps.claim import Claimed
 from sweeps.grid import Cell
 
 # keys of hydra-submitit-launcher's BaseQueueConf: submitit takes them unprefixed, the rest as slurm_*
@@ -38,13 +39,15 @@ class CellGroup:
         self.cells = cells
 
     def __call__(self) -> list[dict]:
-        from sweeps.cell import run_cell
+        from sweeps.cell import compute_claimed
 
         statuses = []
         for cell in self.cells:
             try:
-                result = run_cell(cell.directory, cell.config(), cell.id)
+                result = compute_claimed(cell.directory, cell.config(), cell.id)
                 statuses.append({"cell": cell.id, "status": "ok", "verdict": result.get("verdict")})
+            except Claimed:  # another launcher's process computes it
+                statuses.append({"cell": cell.id, "status": "claimed"})
             except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the task goes on
                 statuses.append({"cell": cell.id, "status": "error", "reason": one_line(exc)})
         return statuses
@@ -101,7 +104,7 @@ def run_remote(cells: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -
 
     todo = [c for c in cells if not finished(c.directory)]
     per_task = int(cfg.experiment.get("cells_per_task") or 1)
-    failures, computed = [], 0
+    failures, claimed, computed = [], [], 0
     limit = cfg.experiment.get("array_tasks")
     submitted = submit(todo, cfg.hydra.launcher, sweep_dir, per_task, limit) if todo else []
     arrays = len({job.job_id.split("_")[0] for job, _ in submitted})
@@ -115,9 +118,12 @@ def run_remote(cells: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -
         for s in statuses:
             if s["status"] == "ok":
                 computed += 1
+            elif s["status"] == "claimed":
+                claimed.append(s["cell"])
             else:
                 failures.append({"cell": s["cell"], "reason": s["reason"]})
-    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures}
+    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures,
+            "claimed": claimed}
 
 
 def record_dead(cell: Cell, reason: str) -> bool:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,11 +18,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from sweeps.__main__ import main as sweeps_main
 from sweeps.cell import StaleResult, settings_key
+from sweeps.claim import CLAIM, Claimed, claim
 from sweeps.grid import compose_config, dirname, plan
 from sweeps.run import resume, run_experiment
 from tests.helpers import MICRO_ATTACK, MICRO_BASE
 from tests.test_benign import MICRO_BENIGN
 
+ROOT = Path(__file__).resolve().parents[1]
 # the paper's grids (cells, calibration cells); ablation grids where the paper lost its values are ours
 GRIDS = {
     "table1": (3600, 360), "fig10_similarity": (900, 0), "fig11_trigger_length": (600, 0),
@@ -228,3 +235,35 @@ def test_a_sweep_summary_run_carries_the_tables_offline(tmp_path):
     (stored,) = tmp_path.glob("wandb/offline-run-*/files/media/table/table1_*.table.json")
     data = json.loads(stored.read_text())
     assert data["columns"] == ["encoder", "paradigm", "F1"] and data["data"] == [["tiny-clip", "Average", 0.875]]
+
+
+def test_two_launchers_on_one_sweep_compute_every_cell_once_and_both_end_complete(tmp_path):
+    """Each cell is claimed before it is computed: the second launcher skips what the first computes,
+    waits for it before fitting the profile and scoring, and both finish with the same results."""
+    command = [sys.executable, "-m", "sweeps", "run", *MICRO_STUDY, f"paths.output_dir={tmp_path}", "progress=false"]
+    procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    counts = [[int(n) for n in re.findall(r"^(?:calibration|scored): \d+ cells, (\d+) computed", out, re.M)] for out in outputs]
+    assert [a + b for a, b in zip(*counts)] == [4, 2], outputs  # calibration, scored: each cell once
+    results = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/result.json")]
+    assert len(results) == 6 and all(r["status"] == "ok" for r in results)
+    assert not list((tmp_path / "sweeps" / "embedded").glob("*/claim.json")), "claims are released"
+
+
+def test_a_claim_of_a_live_process_is_respected_and_one_of_a_dead_process_taken_over(tmp_path):
+    cell = tmp_path / "cell"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        cell.mkdir()
+        (cell / CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "slurm_job": None}))
+        with pytest.raises(Claimed, match=f"pid {sleeper.pid}"):
+            with claim(cell):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with claim(cell):  # its owner is gone: taken over
+        assert json.loads((cell / CLAIM).read_text())["pid"] == os.getpid()
+    assert not (cell / CLAIM).exists()
