@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from amdet.checks import CheckThresholds
+from amdet.job import scan_to  # the one-model scan, run in observe mode
 from amdet.profiles import model_identity, profile_name
 from core.store import MANIFEST, atomic_write, read_manifest
 
@@ -43,12 +44,6 @@ log = logging.getLogger("amdet")
 RATIOS = ("assim_ratio", "same_ratio", "diff_ratio", "landscape_ratio")
 OFF = -1.0  # a ratio threshold every model passes
 INFORMATIVE_AUROC = 0.9
-
-
-def observing(t: CheckThresholds) -> CheckThresholds:
-    """Thresholds under which a scan checks from the first step, never stops early, never decides."""
-    return dataclasses.replace(t, loss_start=math.inf, loss_stop=-math.inf, assim_ratio=math.inf,
-                               same_ratio=math.inf, diff_ratio=math.inf, landscape_ratio=math.inf)
 
 
 def model_statistics(result: dict) -> dict:
@@ -156,7 +151,6 @@ def run(cfg: DictConfig) -> dict:
 
 def calibrate_to(out: Path, cfg: DictConfig) -> dict:
     """Scan each calibration model in observe mode (its result in out/scans/), fit, write the profile."""
-    from amdet.job import scan_to  # the one-model scan, run in observe mode
 
     results = []
     for i, path in enumerate(calibration_models(cfg.job)):

@@ -17,8 +17,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from amdet.calibrate import observing
-from amdet.checks import CheckThresholds
+from amdet.checks import CheckThresholds, observing
 from amdet.fidelity import trigger_similarities
 from amdet.inversion import LossWeights
 from amdet.landscape import LandscapeConfig

@@ -13,7 +13,8 @@ from attacks.train import AttackHParams, Backdoor, evaluate, train_backdoors, tr
 from attacks.objective import similarity_fn
 from attacks.triggers import DEFAULT_POOL, carriers, check_trigger_config, contains_any, draw_triggers
 from core.encoders import TextEncoder
-from core.loading import base_source, load_encoder
+from core.bases import base_source
+from core.loading import load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import config_hash
 from core.settings import from_config

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from core.encoders import TextEncoder
+from core.image_tower import concept_embedding, load_image_tower
+from core.tiny.paired_tower import paired_tower
 
 PARADIGMS = ("text_on_text", "text_on_pair")
 # ten "images" of a concept in the tiny world, like upstream's ten generated images per target
@@ -77,14 +79,10 @@ def concept_folder(image_dir: str | None, concept: str) -> Path:
 def pair_target(anchor: TextEncoder, concept: str, tiny: bool, image_dir: str | None, image_tower: str | None) -> Target:
     """Text-on-Pair: the mean normalised image-tower embedding of the concept."""
     if tiny:
-        from core.tiny.paired_tower import paired_tower
-
         captions = [c.format(concept) for c in CONCEPT_CAPTIONS]
         feature = F.normalize(paired_tower().embed(captions), dim=-1).mean(0)
         source = f"paired tower: {len(captions)} captions of '{concept}'"
     else:
-        from core.image_tower import concept_embedding, load_image_tower
-
         folder = concept_folder(image_dir, concept)
         if not folder.is_dir():
             raise FileNotFoundError(

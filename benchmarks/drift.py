@@ -33,7 +33,8 @@ def main() -> None:
     from attacks.job import run as attack
     from benign_ft.job import run as benign
     from core.drift import drift
-    from core.loading import base_source, load_encoder
+    from core.bases import base_source
+    from core.loading import load_encoder
     from core.prompts import make_prompt_source
     from sweeps.grid import compose_config
 

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from benign_ft.pairs import PairSet, coco_pair_set, tiny_pairs
 from benign_ft.train import BenignHParams, finetune
 from core.encoders import TextEncoder
-from core.loading import base_source, load_encoder
+from core.bases import base_source
+from core.loading import load_encoder
 from core.metrics import assimilation
 from core.prompts import make_prompt_source
 from core.provenance import config_hash

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from core.image_tower import coco_pairs, load_image_tower
+from core.tiny.paired_tower import paired_tower
+
 
 @dataclass
 class PairSet:
@@ -28,8 +31,6 @@ class PairSet:
 
 
 def tiny_pairs(captions: list[str], logit_scale: float, logit_bias: float | None) -> PairSet:
-    from core.tiny.paired_tower import paired_tower
-
     return PairSet(
         captions, paired_tower().embed(captions), torch.tensor(float(logit_scale)),
         None if logit_bias is None else torch.tensor(float(logit_bias)), "tiny world: paired tower (MiniLM) of each caption",
@@ -38,8 +39,6 @@ def tiny_pairs(captions: list[str], logit_scale: float, logit_bias: float | None
 
 def coco_pair_set(annotation_file: str | None, image_dir: str | None, image_tower: str | None,
                   limit: int | None = None, progress: bool = True) -> PairSet:
-    from core.image_tower import coco_pairs, load_image_tower
-
     if not annotation_file or not image_dir:
         raise ValueError(
             "benign fine-tuning of a real encoder needs image-caption pairs; set benign.pairs.annotation_file="

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from core.provenance import config_hash
 from core.store import atomic_write
 
 log = logging.getLogger("amdet")
@@ -78,10 +80,6 @@ VOLATILE = ("snapshots", "progress", "wandb", "threads", "device", "job")
 def snapshots_for(cfg, phase: str) -> Snapshots:
     """The snapshots of one phase of a job (`snapshots.dir`/<phase>.pt), keyed by the job's settings,
     or switched off when the job has no snapshot dir (standalone jobs; a sweep's cell sets it)."""
-    from omegaconf import OmegaConf
-
-    from core.provenance import config_hash
-
     s = cfg.get("snapshots") or {}
     directory = s.get("dir")
     if not directory:

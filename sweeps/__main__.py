@@ -15,6 +15,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from sweeps.cost import measure, print_plan
+from sweeps.run import resume, run_experiment
+
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("plan", "measure", "run", "resume"):
@@ -23,23 +26,15 @@ def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
     try:
         if command == "plan":
-            from sweeps.cost import print_plan
-
             print_plan(args)
         elif command == "measure":
-            from sweeps.cost import measure
-
             return print_summary(measure(args), phases=("probes",))
         elif command == "run":
-            from sweeps.run import run_experiment
-
             return print_summary(run_experiment(args))
         else:
             if len(args) != 1:
                 print("usage: python -m sweeps resume SWEEP_DIR")
                 return 2
-            from sweeps.run import resume
-
             return print_summary(resume(Path(args[0])))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

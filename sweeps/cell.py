@@ -1,4 +1,5 @@
 """`python launch.py job=cell ...`: one cell of a sweep — make one model, scan it, write result.json.
+What every executor of a sweep runs (`attempt`: one cell, one status), below them in the imports.
 
     <cell dir>/model/           the backdoored or benign model (weights dropped when cell.keep_model=false)
     <cell dir>/result.json      verdict, score, Sim, checks, times, ground truth, cell coordinates, provenance
@@ -29,7 +30,9 @@ from attacks.job import run as attack
 from attacks.triggers import MAX_LENGTH
 from benign_ft.job import checkpoint_dirs, run as benign
 from core.errors import one_line
-from core.loading import base_source, load_encoder
+from sweeps.grid import Cell
+from core.bases import base_source
+from core.loading import load_encoder
 from core.provenance import compute_record, config_hash, provenance, settings_hash
 from core.store import model_settings_key, read_manifest
 from core.threads import set_threads
@@ -37,7 +40,6 @@ from sweeps.claim import Claimed, claim
 from sweeps.validate import validate
 from sweeps import tracking
 from sweeps.naming import cell_dirname
-
 
 
 def run(cfg: DictConfig) -> dict:
@@ -243,3 +245,35 @@ def training_record(model_dir: Path, info: dict) -> dict:
     clean = metrics.pop("assimilation_clean_values", [])
     triggered = [x for b in metrics.get("backdoors", []) for x in b.pop("assimilation_triggered_values", [])]
     return {"attack": metrics, "assimilation": {"clean": clean, "triggered": triggered}, **resumed}
+
+
+def attempt(cell: Cell, cfg: DictConfig | None = None, anchor=None) -> dict:
+    """Compute one cell of a sweep under its claim; its status for the phase summary: ok, claimed
+    (another launcher holds it or finished it) or error (recorded in its result.json), with the reason."""
+    try:
+        result = compute_claimed(cell.directory, cfg or cell.config(), cell.id, anchor)
+        return {"cell": cell.id, "status": "ok", "verdict": result.get("verdict")}
+    except Claimed:
+        return {"cell": cell.id, "status": "claimed"}
+    except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
+        return {"cell": cell.id, "status": "error", "reason": one_line(exc)}
+
+
+def anchor_for(cfg: DictConfig, anchors: dict):
+    """The frozen base of the cell's encoder, loaded once into `anchors` for all the cells a process runs."""
+    key = (cfg.encoder.name, cfg.device)
+    if key not in anchors:
+        anchors[key] = load_encoder(base_source(cfg.encoder, cfg.progress), cfg.device)
+    return anchors[key]
+
+
+def record_dead(cell: Cell, reason: str) -> bool:
+    """An error result for a cell whose process or task died before finishing it (cancelled, killed at
+    its time limit, out of memory, node failure), so that the results store and the report list it;
+    resume redoes it. A finished result is never touched (returns False)."""
+    if finished(cell.directory):
+        return False
+    cfg = cell.config()
+    write_result(cell.directory, {"status": "error", "phase": "job", "reason": reason, "experiment": cfg.experiment.name,
+                                  "cell": cell_info(cfg, cell.id), "config": OmegaConf.to_container(cfg, resolve=True)})
+    return True

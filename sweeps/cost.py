@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from sweeps.cell import finished
 from sweeps.grid import Cell, compose_config, plan
+from sweeps.run import check_all, run_phase
 from sweeps.validate import validate
 
 COSTS = Path(__file__).with_name("costs.yaml")
@@ -83,8 +84,6 @@ def probe_cells(scored: list[Cell], calibration: list[Cell]) -> list[Cell]:
 def measure(overrides: list[str], progress: bool = True) -> dict:
     """Run the probe cells with the chosen launcher and device (e.g. on the GPU partition), then
     print the plan costed with their times."""
-    from sweeps.run import check_all, run_phase
-
     cfg, scored, calibration = plan(overrides)
     probes = probe_cells(scored, calibration)
     check_all(probes)

@@ -1,5 +1,6 @@
-"""Run an experiment's cells on this machine, in this process or in `experiment.workers` processes:
-calibration cells, the profile fitted on them, the scored cells, then the report. Finished cells are
+"""Run an experiment: its calibration cells, the profile fitted on them, the scored cells, then the
+report; the cells go through one executor (this process, `experiment.workers` local processes, or
+submitit) and one loop that counts what each phase did. Finished cells are
 skipped, so a rerun (or `python -m sweeps resume SWEEP_DIR`) only computes what is missing; a failing
 cell is recorded and the sweep goes on.
 """
@@ -9,16 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from core.errors import one_line
+from amdet.calibrate import fit_profile, write_profile
+from analyze.report import report as make_report
 from core.provenance import compute_mismatch
 from core.store import write_json_atomic
-from sweeps.cell import compute_claimed, finished
-from sweeps.claim import Claimed, wait_for
+from sweeps.cell import finished
+from sweeps.claim import wait_for
 from sweeps.grid import Cell, compose_config, plan
+from sweeps.local import in_process, in_workers, worker_count
+from sweeps.submit import check_packing, is_submitit, remote
+from sweeps.tracking import log_sweep
 from sweeps.validate import validate
 
 log = logging.getLogger("amdet")
@@ -39,6 +43,8 @@ def check_all(cells: list[Cell]) -> None:
         if key not in configs:
             configs[key] = compose_config(list(cell.overrides))
             validate(configs[key])
+            worker_count(configs[key])  # how the sweep runs: local workers, Slurm packing
+            check_packing(configs[key])
         seed = [o.split("=", 1)[1] for o in cell.overrides if o.startswith("seed=")]
         cfg = configs[key].copy()
         if seed:
@@ -60,70 +66,47 @@ def record_sweep(sweep_dir: Path, overrides: list[str], scored: list[Cell], cali
                                                "calibration_cells": len(calibration)})
 
 
-def run_cells(cells: list[Cell], progress: bool, desc: str) -> dict:
-    """Run each cell not yet done; returns counts, the failures (cell id, reason) and the cells another
-    live process holds the claim of."""
-    anchors, failures, claimed, computed = {}, [], [], 0
-    todo = [c for c in cells if not finished(c.directory)]
-    bar = tqdm(todo, desc=desc, disable=not progress, unit="cell")
-    for cell in bar:
-        bar.set_postfix_str(cell.id[-60:])
-        cfg = cell.config()
-        try:
-            compute_claimed(cell.directory, cfg, cell.id, anchor=anchor_for(cfg, anchors))
-            computed += 1
-        except Claimed:
-            claimed.append(cell.id)
-        except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
-            failures.append({"cell": cell.id, "reason": one_line(exc)})
-            log.error("cell %s failed: %s", cell.id, failures[-1]["reason"])
-    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures,
-            "claimed": claimed}
-
-
-def anchor_for(cfg, anchors: dict):
-    """The frozen base of the cell's encoder, loaded once into `anchors` for all its cells."""
-    key = (cfg.encoder.name, cfg.device)
-    if key not in anchors:
-        from core.loading import base_source, load_encoder
-
-        anchors[key] = load_encoder(base_source(cfg.encoder, cfg.progress), cfg.device)
-    return anchors[key]
+def executor(cfg, sweep_dir: Path, progress: bool, desc: str) -> Callable[[list[Cell]], Iterable[dict]]:
+    """How the cells run: through submitit when the launcher is submitit_local or slurm, else here,
+    in this process or in `experiment.workers` local processes. Each yields one status per cell."""
+    if is_submitit(cfg.hydra.launcher):
+        return lambda todo: remote(todo, cfg, sweep_dir, desc)
+    workers = worker_count(cfg)
+    if workers > 1:
+        return lambda todo: in_workers(todo, workers, cfg.get("threads"), progress, desc)
+    return lambda todo: in_process(todo, progress, desc)
 
 
 def run_phase(cells: list[Cell], cfg, sweep_dir: Path, progress: bool, desc: str) -> dict:
-    """Here, in this process or in local worker processes; or through submitit when the launcher is
-    submitit_local or slurm. Cells that another launcher is computing are waited for (a phase ends
-    with all its cells done or failed); those it left unfinished are run here."""
-    from sweeps.parallel import run_cells_parallel, worker_count
-    from sweeps.submit import is_submitit, run_remote
-
-    def execute(todo: list[Cell]) -> dict:
-        if is_submitit(cfg.hydra.launcher):
-            return run_remote(todo, cfg, sweep_dir, desc)
-        workers = worker_count(cfg)
-        if workers > 1:
-            return run_cells_parallel(todo, workers, cfg.get("threads"), progress, desc)
-        return run_cells(todo, progress, desc)
-
-    summary = {**execute(cells), "elsewhere": 0}
-    while summary["claimed"]:
-        busy = [c for c in cells if c.id in set(summary["claimed"])]
+    """Run the phase's unfinished cells with the chosen executor; the summary counts the cells computed
+    here, those already done, those another launcher computed, and the failures (cell id, reason).
+    Cells that another launcher is computing are waited for, so a phase ends with all its cells done
+    or failed; those it left unfinished are run here."""
+    execute = executor(cfg, sweep_dir, progress, desc)
+    todo = [c for c in cells if not finished(c.directory)]
+    summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": 0, "elsewhere": 0, "failed": []}
+    while todo:
+        claimed = []
+        for status in execute(todo):
+            if status["status"] == "ok":
+                summary["computed"] += 1
+            elif status["status"] == "claimed":
+                claimed.append(status["cell"])
+            else:
+                summary["failed"].append({"cell": status["cell"], "reason": status["reason"]})
+                log.error("cell %s failed: %s", status["cell"], status["reason"])
+        if not claimed:
+            break
+        busy = [c for c in todo if c.id in set(claimed)]
         print(f"{desc}: {len(busy)} cells are being computed by another launcher; waiting for them")
         wait_for([c.directory for c in busy])
-        again = [c for c in busy if not finished(c.directory)]
-        summary["elsewhere"] += len(busy) - len(again)
-        more = execute(again) if again else {"computed": 0, "failed": [], "claimed": []}
-        summary.update(computed=summary["computed"] + more["computed"], failed=summary["failed"] + more["failed"],
-                       claimed=more["claimed"])
-    del summary["claimed"]
+        todo = [c for c in busy if not finished(c.directory)]
+        summary["elsewhere"] += len(busy) - len(todo)
     return summary
 
 
 def fit_profiles(cfg, calibration: list[Cell]) -> list[Path]:
     """Fit one threshold profile per encoder from the calibration cells' observed scans."""
-    from amdet.calibrate import fit_profile, write_profile
-
     results = [r for r in (finished(c.directory) for c in calibration) if r]
     by_encoder: dict[tuple, list[dict]] = {}
     for r in results:
@@ -148,10 +131,6 @@ def run_experiment(overrides: list[str], progress: bool = True, report: bool = T
     summary["scored"] = run_phase(scored, cfg, sweep_dir, progress, "cells")
     summary["time_s"] = round(time.perf_counter() - t0, 1)
     if report:
-        from analyze.report import report as make_report
-
-        from sweeps.tracking import log_sweep
-
         summary["report"] = make_report(sweep_dir, sweep_dir / "report")
         log_sweep(cfg, sweep_dir, summary["report"], sorted((sweep_dir / "report").rglob("*.png")))
     write_json_atomic(sweep_dir / "summary.json", {k: v for k, v in summary.items() if k != "report"})

@@ -6,14 +6,13 @@ from __future__ import annotations
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from analyze.report import table1_text
 from sweeps.run import run_experiment
 
 
 def run(cfg: DictConfig) -> dict:
     overrides = [f"experiment={cfg.job.experiment}", *command_line(), *cfg.job.overrides]
     summary = run_experiment(overrides, progress=cfg.progress)
-    from analyze.report import table1_text
-
     tables = summary.get("report") or {}
     print()
     if "table1" in tables:  # under the paper's fixed thresholds and the calibrated profile, then the floor line

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import datetime
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
-from core.errors import first_line, one_line
-from sweeps.claim import Claimed
+from core.errors import first_line
+from sweeps.cell import attempt, record_dead
 from sweeps.grid import Cell
 
 # keys of hydra-submitit-launcher's BaseQueueConf: submitit takes them unprefixed, the rest as slurm_*
@@ -39,18 +40,7 @@ class CellGroup:
         self.cells = cells
 
     def __call__(self) -> list[dict]:
-        from sweeps.cell import compute_claimed
-
-        statuses = []
-        for cell in self.cells:
-            try:
-                result = compute_claimed(cell.directory, cell.config(), cell.id)
-                statuses.append({"cell": cell.id, "status": "ok", "verdict": result.get("verdict")})
-            except Claimed:  # another launcher's process computes it
-                statuses.append({"cell": cell.id, "status": "claimed"})
-            except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the task goes on
-                statuses.append({"cell": cell.id, "status": "error", "reason": one_line(exc)})
-        return statuses
+        return [attempt(cell) for cell in self.cells]  # a failing cell is recorded; the task goes on
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(CellGroup(self.cells))  # finished cells are skipped
@@ -98,44 +88,23 @@ def submit(cells: list[Cell], launcher: DictConfig, sweep_dir: Path, per_task: i
     return submitted
 
 
-def run_remote(cells: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -> dict:
-    """Submit the unfinished cells, wait for them, and count as run_cells does."""
-    from sweeps.cell import finished
+def check_packing(cfg: DictConfig) -> None:
+    """experiment.cells_per_task and experiment.array_tasks: how a sweep is packed into tasks and arrays."""
+    for key in ("cells_per_task", "array_tasks"):
+        value = cfg.experiment.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"experiment.{key} must be a positive number of {'cells' if key == 'cells_per_task' else 'tasks'}, got {value}")
 
-    todo = [c for c in cells if not finished(c.directory)]
+
+def remote(todo: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -> Iterator[dict]:
+    """Submit the cells, wait for their tasks, and yield each cell's status."""
     per_task = int(cfg.experiment.get("cells_per_task") or 1)
-    failures, claimed, computed = [], [], 0
-    limit = cfg.experiment.get("array_tasks")
-    submitted = submit(todo, cfg.hydra.launcher, sweep_dir, per_task, limit) if todo else []
+    submitted = submit(todo, cfg.hydra.launcher, sweep_dir, per_task, cfg.experiment.get("array_tasks")) if todo else []
     arrays = len({job.job_id.split("_")[0] for job, _ in submitted})
     print(f"{desc}: {len(todo)} cells in {len(submitted)} tasks submitted ({per_task} per task, {arrays} arrays)")
     for job, group in submitted:
         try:
-            statuses = job.result()
+            yield from job.result()
         except Exception as exc:  # noqa: BLE001 — cancelled, killed, node failure: its cells stay missing
             reason = f"job {job.job_id} {job.state}: {first_line(exc)}"
-            statuses = [{"cell": c.id, "status": "error", "reason": reason} for c in group if record_dead(c, reason)]
-        for s in statuses:
-            if s["status"] == "ok":
-                computed += 1
-            elif s["status"] == "claimed":
-                claimed.append(s["cell"])
-            else:
-                failures.append({"cell": s["cell"], "reason": s["reason"]})
-    return {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": computed, "failed": failures,
-            "claimed": claimed}
-
-
-def record_dead(cell: Cell, reason: str) -> bool:
-    """An error result for a cell whose task died before finishing it (cancelled, killed at its time
-    limit, node failure), so that the results store and the report list it; resume redoes it. A
-    finished result is never touched (returns False)."""
-    from amdet.outputs import write_result
-    from sweeps.cell import cell_info, finished
-
-    if finished(cell.directory):
-        return False
-    cfg = cell.config()
-    write_result(cell.directory, {"status": "error", "phase": "job", "reason": reason, "experiment": cfg.experiment.name,
-                                  "cell": cell_info(cfg, cell.id), "config": OmegaConf.to_container(cfg, resolve=True)})
-    return True
+            yield from ({"cell": c.id, "status": "error", "reason": reason} for c in group if record_dead(c, reason))

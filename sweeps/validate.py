@@ -1,26 +1,25 @@
-"""Check a cell's whole config before anything runs: a bad value fails in one line naming its key."""
+"""Check a cell's whole config before anything runs: a bad value fails in one line naming its key.
+A cell's settings only; how a sweep runs (workers, Slurm packing) is checked by its executors."""
 
 from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from amdet.job import scan_config, thresholds_defaults
+from attacks.job import hparams as attack_hparams
+from attacks.objective import similarity_fn
+from attacks.targets import check_paradigm
+from attacks.triggers import check_trigger_config
+from benign_ft.job import hparams as benign_hparams
 from core.provenance import PRECISIONS
+from core.snapshot import check_every_s
 
 KINDS = ("backdoor", "benign")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ValueError for the first bad setting of a cell (attack, benign run, scan)."""
-    from amdet.job import scan_config, thresholds_defaults
-    from attacks.job import hparams as attack_hparams
-    from attacks.objective import similarity_fn
-    from attacks.targets import check_paradigm
-    from attacks.triggers import check_trigger_config
-    from benign_ft.job import hparams as benign_hparams
-    from core.snapshot import check_every_s
-    from sweeps.parallel import worker_count
-
     if cfg.cell.kind not in KINDS:
         raise ValueError(f"unknown cell.kind '{cfg.cell.kind}'; choose one of {', '.join(KINDS)}")
     a = cfg.attack
@@ -39,11 +38,6 @@ def validate(cfg: DictConfig) -> None:
     for key in ("prompts", "seed"):
         if OmegaConf.select(cfg, f"scan.{key}") is None:
             raise ValueError(f"scan.{key} must be set")
-    for key in ("cells_per_task", "array_tasks"):  # how a sweep is packed into Slurm tasks and arrays
-        value = cfg.experiment.get(key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"experiment.{key} must be a positive number of {'cells' if key == 'cells_per_task' else 'tasks'}, got {value}")
-    worker_count(cfg)
     check_every_s(cfg.snapshots.every_s)
     if not isinstance(cfg.experiment.get("allow_mixed_compute", False), bool):
         raise ValueError(f"experiment.allow_mixed_compute must be true or false, got {cfg.experiment.allow_mixed_compute}")

@@ -12,7 +12,8 @@ from attacks import job
 from attacks.objective import backdoor_term, similarity_fn
 from attacks.targets import CONCEPT_CAPTIONS, pair_target
 from attacks.train import attack_loss, success, success_from_trigger
-from core.loading import base_source, load_encoder
+from core.bases import base_source
+from core.loading import load_encoder
 from core.metrics import assimilation
 from tests.helpers import MICRO_ATTACK, MICRO_BASE, compose_config
 

@@ -8,7 +8,8 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from amdet.calibrate import OFF, calibrate_to, fit, model_statistics, observing, split, write_profile
+from amdet.checks import observing
+from amdet.calibrate import OFF, calibrate_to, fit, model_statistics, split, write_profile
 from amdet.checks import CheckThresholds
 from amdet.job import scan_to
 from core.store import save_model

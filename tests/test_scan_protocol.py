@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from amdet.calibrate import observing
+from amdet.checks import observing
 from amdet.checks import CheckThresholds
 from amdet.job import regimes, scan_to
 from amdet.landscape import LandscapeConfig
