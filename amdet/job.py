@@ -21,7 +21,7 @@ from amdet.checks import CheckThresholds, observing
 from amdet.fidelity import trigger_similarities
 from amdet.inversion import LossWeights
 from amdet.landscape import LandscapeConfig
-from amdet.outputs import write_artifacts, write_result
+from amdet.outputs import write_artifacts
 from amdet.profiles import check_disjoint, find_profile, load_profile, overridden_checks, profile_checks, require_file
 from amdet.scan import ScanConfig, scan_regimes
 from core.encoders import TextEncoder
@@ -29,6 +29,7 @@ from core.errors import one_line
 from core.loading import load_encoder
 from core.prompts import make_prompt_source
 from core.provenance import compute_record, provenance
+from core.records import write_record
 from core.settings import from_config
 from core.snapshot import snapshots_for
 from core.drift import drift
@@ -39,6 +40,7 @@ SHALLOW_PROMPTS = "shallow_prompts.txt"  # beside result.json: the prompts the s
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+DETECTOR = "amdet"  # its name in records and in conf/detector/
 PAPER, CALIBRATED = "paper", "calibrated"  # the two threshold regimes every scored scan reports
 
 
@@ -144,61 +146,77 @@ def run(cfg: DictConfig) -> dict:
     return scan_to(Path(HydraConfig.get().runtime.output_dir), cfg)
 
 
-def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncoder | None = None,
-            extra: dict | None = None, earlier_times: dict | None = None) -> dict:
-    """Scan cfg.scan.model_path against cfg.scan.anchor_path; write out/result.json (ok or error).
+def scan_to(out: Path, cfg: DictConfig, observe: bool = False) -> dict:
+    """`job=scan`: scan cfg.scan.model_path against cfg.scan.anchor_path and write out/result.json (ok
+    or error) through the one record writer."""
+    t0 = time.perf_counter()
+    base = {"detector": DETECTOR, "compute": compute_record(cfg), "model_path": str(cfg.scan.model_path),
+            "anchor_path": str(cfg.scan.anchor_path), "config": OmegaConf.to_container(cfg, resolve=True),
+            "provenance": provenance()}
+    try:
+        check_paths(cfg.scan)
+        t = time.perf_counter()
+        model = load_encoder(cfg.scan.model_path, cfg.device)
+        anchor = load_encoder(cfg.scan.anchor_path, cfg.device)
+        load_s = time.perf_counter() - t
+        result = scan(out, cfg, model, anchor, observe)
+    except Exception as exc:  # noqa: BLE001 — every failure must end in a result that says so
+        write_record(out, {**base, "status": "error", "reason": one_line(exc), "traceback": traceback.format_exc(),
+                           "time_s": round(time.perf_counter() - t0, 2)})
+        raise
+    result["times"]["load_s"] = round(load_s, 3)
+    path = write_record(out, {**base, **result})
+    print(f"{summary_line(result)} → {path}")
+    return {**base, **result}
+
+
+def summary_line(result: dict) -> str:
+    sim = result.get("sim")
+    sim_text = f", Sim {sim:.3f}" if sim is not None else ""
+    verdicts = ", ".join(f"{k} {v}" for k, v in (result["verdicts"] or {}).items() if v)
+    return (f"{verdicts or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
+            f"{result['steps']} steps{sim_text}, {result['time_s']:.1f} s)")
+
+
+def scan(out: Path, cfg: DictConfig, model: TextEncoder, anchor: TextEncoder, observe: bool = False) -> dict:
+    """Scan `model` (from cfg.scan.model_path) against its clean `anchor`; its artefacts go to `out`, the
+    detection comes back (status ok, verdicts, score, times, ...); a failure raises.
 
     Every threshold regime (paper's fixed thresholds, calibrated profile) in one scan, sharing the
-    shallow features and the inversion for as long as their trajectories agree; the primary regime (calibrated when there is a profile) gives the top-level
-    verdict and the artefacts in `out`, the other its own in out/regimes/<name>/.
+    shallow features and the inversion for as long as their trajectories agree; the primary regime
+    (calibrated when there is a profile) gives the top-level verdict and the artefacts in `out`, the
+    other its own in out/regimes/<name>/.
     observe: the calibration mode (checks from the first step, no early stop, no verdict rule).
-    anchor: the anchor already loaded (a cell job's base); extra: more fields for result.json;
-    earlier_times: phase times (seconds) measured before the scan, e.g. a cell's training.
     """
     s = cfg.scan
     t0 = time.perf_counter()
-    base = {"compute": compute_record(cfg), **(extra or {}), "model_path": str(s.model_path), "anchor_path": str(s.anchor_path),
-            "config": OmegaConf.to_container(cfg, resolve=True), "provenance": provenance()}
-    try:
-        check_paths(s)
-        t = time.perf_counter()
-        model = load_encoder(s.model_path, cfg.device)
-        anchor = anchor or load_encoder(s.anchor_path, cfg.device)
-        load_s = time.perf_counter() - t
-        plans = regimes(cfg, model, observe)
-        t = time.perf_counter()
-        prompts, shallow_desc = shallow_prompts(cfg)
-        write_lines_atomic(out / SHALLOW_PROMPTS, prompts)
-        prompts_s = time.perf_counter() - t
-        # the primary regime (calibrated when there is a profile) gives the top-level record
-        name0 = CALIBRATED if CALIBRATED in plans else next(iter(plans))
-        order = [name0, *(name for name in plans if name != name0)]
-        configs = {name: scan_config(s, plans[name][0]) for name in order}
-        if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
-            configs = {name: dataclasses.replace(c, check_early_exit=False) for name, c in configs.items()}
-        snapshots = snapshots_for(cfg, "scan")
-        found, scan_times, _ = scan_regimes(model, anchor, prompts, configs, cfg.progress, snapshots)
-        primary = found[order[0]]
-        files = write_artifacts(out, primary)
-        for name in order[1:]:
-            write_artifacts(out / "regimes" / name, found[name])
-        scan_s = time.perf_counter() - t0  # the detection's cost; Sim and the floor below are evaluation
-        t = time.perf_counter()
-        truth, sim = ground_truth(s.model_path, model, primary)
-        sim_s = time.perf_counter() - t
-        t = time.perf_counter()
-        floor = drift(model, anchor, primary["test_prompts"])
-        floor_s = time.perf_counter() - t
-    except Exception as exc:  # noqa: BLE001 — every failure must end in a result that says so
-        write_result(out, {**base, "status": "error", "reason": one_line(exc), "traceback": traceback.format_exc(),
-                           **({"times": earlier_times} if earlier_times else {}),
-                           "time_s": round(time.perf_counter() - t0, 2)})
-        raise
-    times = {**(earlier_times or {}), "load_s": load_s, "prompts_s": prompts_s, **scan_times}
-    detection_s = sum(scan_times.values())
+    plans = regimes(cfg, model, observe)
+    t = time.perf_counter()
+    prompts, shallow_desc = shallow_prompts(cfg)
+    write_lines_atomic(out / SHALLOW_PROMPTS, prompts)
+    prompts_s = time.perf_counter() - t
+    # the primary regime (calibrated when there is a profile) gives the top-level record
+    name0 = CALIBRATED if CALIBRATED in plans else next(iter(plans))
+    order = [name0, *(name for name in plans if name != name0)]
+    configs = {name: scan_config(s, plans[name][0]) for name in order}
+    if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
+        configs = {name: dataclasses.replace(c, check_early_exit=False) for name, c in configs.items()}
+    snapshots = snapshots_for(cfg, "scan")
+    found, scan_times, _ = scan_regimes(model, anchor, prompts, configs, cfg.progress, snapshots)
+    primary = found[order[0]]
+    files = write_artifacts(out, primary)
+    for name in order[1:]:
+        write_artifacts(out / "regimes" / name, found[name])
+    scan_s = time.perf_counter() - t0  # the detection's cost; Sim and the floor below are evaluation
+    t = time.perf_counter()
+    truth, sim = ground_truth(s.model_path, model, primary)
+    sim_s = time.perf_counter() - t
+    t = time.perf_counter()
+    floor = drift(model, anchor, primary["test_prompts"])
+    floor_s = time.perf_counter() - t
+    times = {"prompts_s": prompts_s, **scan_times}
     cut = plans[name0][1]["score_cut"]
     result = {
-        **base,
         "status": "ok",
         "model": {"family": model.family.name, "hidden_size": model.hidden_size, "max_length": model.max_length},
         "verdict": None if observe else primary["verdict"],  # an observing scan decides nothing
@@ -225,15 +243,10 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False, anchor: TextEncod
         "shallow": {**primary["shallow"], **shallow_desc, "file": SHALLOW_PROMPTS},
         "files": files,
         "times": {k: round(v, 3) for k, v in {**times, "sim_s": sim_s, "floor_s": floor_s}.items()},
-        "detection_s": round(detection_s, 2),  # the detector's own phases, every regime: features, inversion, checks, landscape
-        "time_s": round(scan_s, 2),  # one detection: loading, prompts, the scans, their artefacts
+        "detection_s": round(sum(scan_times.values()), 2),  # the detector's own phases, every regime
+        "time_s": round(scan_s, 2),  # one detection: prompts, the scans, their artefacts
     }
-    path = write_result(out, result)
     snapshots.clear()
-    sim_text = f", Sim {sim:.3f}" if sim is not None else ""
-    verdicts = ", ".join(f"{k} {v}" for k, v in (result["verdicts"] or {}).items() if v)
-    print(f"{verdicts or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
-          f"{result['steps']} steps{sim_text}, {result['time_s']:.1f} s) → {path}")
     return result
 
 

@@ -1,4 +1,4 @@
-"""What a scan leaves behind: tensors as safetensors, plots, and result.json (written last, atomically)."""
+"""What a scan leaves behind beside its record: tensors as safetensors, and plots."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ matplotlib.use("Agg")  # batch jobs have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-
-from core.store import write_json_atomic  # noqa: E402
 
 TI_TOKEN = "<amdet-v>"  # placeholder token of the Textual-Inversion embedding
 
@@ -56,7 +54,3 @@ def spectrum_plot(land: dict, path: Path) -> None:
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-
-def write_result(out: Path, result: dict) -> Path:
-    write_json_atomic(out / "result.json", result)
-    return out / "result.json"

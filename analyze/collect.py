@@ -1,6 +1,8 @@
-"""Collect every result.json under a sweep directory into one flat table (results.parquet).
+"""Collect every record (result.json) under a sweep directory into one flat table (results.parquet).
 
-One row per result file. Cell coordinates keep their own names (encoder, paradigm, ...), the other
+One row per record, that is per (model, detector): the `detector` column names who made it. A record
+that does not follow the schema (core/records.py: another version, a missing field) is refused with
+its path and the field; a file that is not JSON at all (a torn copy) becomes an error row. Cell coordinates keep their own names (encoder, paradigm, ...), the other
 sections are prefixed (truth_*, attack_*, times_*, variant_*); lists become "; "-joined strings and
 nested objects (config, assimilation) JSON strings, so the table stays flat and parquet-friendly.
 The nested values the tables read get columns of their own: the verdict and thresholds source of each
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.records import check
 from core.store import atomic_write
 
 RESULT_NAME = "result.json"
@@ -25,7 +28,7 @@ TABLE_NAME = "results.parquet"
 
 # the columns every table has, in this order; sections with extra keys (times, variant) append theirs
 COLUMNS = [
-    "path", "status", "reason", "traceback", "experiment",
+    "path", "status", "reason", "traceback", "experiment", "detector",
     "cell_id", "kind", "encoder", "family", "paradigm", "trigger_level", "trigger_length", "trigger_count",
     "similarity", "adaptive_mu", "seed", "benign_run", "benign_step", "variant",
     "truth_kind", "truth_triggers", "truth_targets",
@@ -38,7 +41,7 @@ COLUMNS = [
     "git_commit", "git_dirty", "hostname", "gpu", "cpu", "config", "assimilation",
 ]
 INT_COLUMNS = ["trigger_length", "trigger_count", "seed", "benign_step", "steps", "score_steps"]
-TOP_LEVEL = ["status", "reason", "traceback", "experiment", "verdict", "score", "sim",
+TOP_LEVEL = ["status", "reason", "traceback", "experiment", "detector", "verdict", "score", "sim",
              "landscape_ratio", "steps", "time_s", "thresholds_source",
              # optional: the failing phase of an error, the detector's own time, a calibrated score cut
              "phase", "detection_s", "score_cut", "score_verdict",
@@ -54,18 +57,22 @@ def collect(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     return tidy(pd.DataFrame(rows))
 
 
+def job_dir(rel: str) -> str:
+    """The cell (or job) directory of a record: <cell>/detectors/<name>/result.json → <cell>."""
+    parent = Path(rel).parent
+    return (parent.parent.parent if parent.parent.name == "detectors" else parent).as_posix()
+
+
 def read_row(path: Path, root: Path) -> dict:
     rel = path.relative_to(root).as_posix()
     try:
         record = json.loads(path.read_text())
-        if not isinstance(record, dict):
-            raise ValueError(f"top level is a {type(record).__name__}, not an object")
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        # one bad file must not hide the other results; the job's directory stands in for its cell id
-        return {"path": rel, "status": "error", "cell_id": Path(rel).parent.as_posix(),
+        # one torn file must not hide the other results; the job's directory stands in for its cell id
+        return {"path": rel, "status": "error", "cell_id": job_dir(rel), "detector": Path(rel).parent.name,
                 "reason": f"unreadable result.json: {type(exc).__name__}: {exc}"}
-    row = {"path": rel, **flatten(record)}
-    row["cell_id"] = row["cell_id"] or Path(rel).parent.as_posix()  # every row needs an id to dedupe by
+    row = {"path": rel, **flatten(check(record, str(path)))}
+    row["cell_id"] = row["cell_id"] or job_dir(rel)  # every row needs an id to dedupe by
     return row
 
 

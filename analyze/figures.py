@@ -1,4 +1,5 @@
-"""The report's figures (PNG): ROC per encoder, recall vs trigger length, detection time, assimilation (Fig. 2)."""
+"""The report's figures (PNG): ROC per detector and encoder, recall vs trigger length, detection time per
+detector, assimilation (Fig. 2)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from analyze.tables import TIME_COLUMN, finished, recall_by, sort_key  # noqa: E402
+from analyze.tables import TIME_COLUMN, detectors, finished, one_per_model, per_detector, recall_by, sort_key  # noqa: E402
 
 
 def encoders(df: pd.DataFrame) -> list[str]:
@@ -36,33 +37,33 @@ def roc(df: pd.DataFrame, path: Path) -> Path:
     done = finished(df)
     fig, ax = plt.subplots(figsize=(5, 5))
     drawn = 0
-    for enc in encoders(done):
-        rows = done[done["encoder"].eq(enc) & done["score"].notna()]
-        y = rows["kind"].eq("backdoor").to_numpy()
-        if y.all() or not y.any():
-            continue  # ROC needs both backdoored and benign models
-        score = rows["score"].to_numpy(float)
-        fpr, tpr, _ = roc_curve(y, score)
-        ax.plot(fpr, tpr, label=f"{enc} (AUROC {roc_auc_score(y, score):.3f}, n={len(rows)})")
-        drawn += 1
+    for det in detectors(done):
+        for enc in encoders(done):
+            rows = done[done["detector"].eq(det) & done["encoder"].eq(enc) & done["score"].notna()]
+            y = rows["kind"].eq("backdoor").to_numpy()
+            if y.all() or not y.any():
+                continue  # ROC needs both backdoored and benign models
+            score = rows["score"].to_numpy(float)
+            fpr, tpr, _ = roc_curve(y, score)
+            ax.plot(fpr, tpr, label=f"{det}, {enc} (AUROC {roc_auc_score(y, score):.3f}, n={len(rows)})")
+            drawn += 1
     if not drawn:
         empty(ax, "no encoder has both backdoored and benign models")
         return save(fig, path)
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC of the AMDET score per encoder")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC of each detector's score per encoder")
     ax.legend(loc="lower right", fontsize=8)
     return save(fig, path)
 
 
 def recall_vs_length(df: pd.DataFrame, path: Path) -> Path:
-    tab = recall_by(df, "trigger_length")
+    tab = per_detector(df, recall_by, "trigger_length")
     fig, ax = plt.subplots(figsize=(6, 4))
-    if tab.empty:
-        empty(ax, "no backdoored model with a trigger length")
+    if tab is None or tab.empty:
+        empty(ax, "no backdoored model with a trigger length and a verdict")
         return save(fig, path)
-    for enc in encoders(tab):
-        rows = tab[tab["encoder"].eq(enc)]
-        ax.plot(rows["trigger_length"].astype(float), rows["R"], marker="o", label=enc)
+    for (det, enc), rows in tab.groupby(["detector", "encoder"], sort=False):
+        ax.plot(rows["trigger_length"].astype(float), rows["R"], marker="o", label=f"{det}, {enc}")
     ax.set(xlabel="trigger length (tokens)", ylabel="recall (%)", ylim=(0, 105), title="Recall vs trigger length")
     ax.legend(fontsize=8)
     return save(fig, path)
@@ -70,20 +71,23 @@ def recall_vs_length(df: pd.DataFrame, path: Path) -> Path:
 
 def detection_time(df: pd.DataFrame, path: Path) -> Path:
     done = finished(df)
-    names = [e for e in encoders(done) if done.loc[done["encoder"].eq(e), TIME_COLUMN].notna().any()]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if not names:
+    groups = [(d, e) for d in detectors(done) for e in encoders(done)
+              if done.loc[done["detector"].eq(d) & done["encoder"].eq(e), TIME_COLUMN].notna().any()]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    if not groups:
         empty(ax, "no detection times")
         return save(fig, path)
-    times = [done.loc[done["encoder"].eq(e), TIME_COLUMN].dropna().to_numpy(float) for e in names]
-    ax.boxplot(times, tick_labels=names)
-    ax.set(ylabel="detection time (s)", title="Detection time per encoder (backdoored and benign)")
+    times = [done.loc[done["detector"].eq(d) & done["encoder"].eq(e), TIME_COLUMN].dropna().to_numpy(float)
+             for d, e in groups]
+    ax.boxplot(times, tick_labels=[f"{d}\n{e}" for d, e in groups])
+    ax.set_yscale("log")  # a baseline takes milliseconds, AMDET minutes
+    ax.set(ylabel="detection time (s)", title="Detection time per detector and encoder (backdoored and benign)")
     return save(fig, path)
 
 
 def assimilation(df: pd.DataFrame, path: Path) -> Path:
     """Fig. 2: per encoder, per-prompt assimilation of clean vs triggered prompts of backdoored models."""
-    done = finished(df)
+    done = one_per_model(df)
     bd = done[done["kind"].eq("backdoor") & done["assimilation"].notna()]
     values = {}
     for enc in encoders(bd):

@@ -11,6 +11,9 @@ from analyze import figures, render, tables
 from analyze.collect import load_results, summary
 
 METHOD_NOTES = """\
+- One block of rows per detector (`cell.detectors`): AMDET, and the baselines registered beside it
+  (weight distance, output drift: statistics that only score, so P/R/F1 are undefined (–) and their
+  AUROC is what they reach). The paper columns are AMDET's numbers and stand beside AMDET's rows only.
 - Backdoored = positive. An encoder's benign models are the negatives of every paradigm row of that encoder
   (and of every group of an attack coordinate in the ablations), so precision counts their false positives.
 - Brackets: 95 % percentile bootstrap intervals over models ({n_boot} resamples, seed {seed}), resampled within
@@ -81,7 +84,7 @@ def report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
             shown[regime] = tab
             title = f"{regime_title(f'Ablation {exp}', regime)}, by {' × '.join(keys.values())} (paper: CLIP)"
             sections.append((title, regime_name(f"ablation_{exp}", regime), tab,
-                             render.metric_display(tab, {"encoder": "Encoder", **keys})))
+                             render.metric_display(tab, {"detector": "Detector", "encoder": "Encoder", **keys})))
         if not shown:
             continue
         aliases[f"ablation_{exp}"] = regime_name(f"ablation_{exp}", head if head in shown else next(iter(shown)))
@@ -141,7 +144,8 @@ def not_recorded(regime: str) -> str:
 
 
 def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
-    return render.metric_display(t1, {"encoder": "Encoder", "paradigm": "Paradigm", "paper_row": "Paper row"})
+    return render.metric_display(t1, {"detector": "Detector", "encoder": "Encoder", "paradigm": "Paradigm",
+                                      "paper_row": "Paper row"})
 
 
 def table1_markdown(t1: pd.DataFrame) -> str:

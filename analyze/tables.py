@@ -9,6 +9,8 @@ import pandas as pd
 
 from analyze import metrics, paper
 
+AMDET = "amdet"  # the detector the paper's numbers are of
+
 KINDS = ("backdoor", "benign")
 # paper order (CLIP, LongCLIP, SigLIP), each tiny stand-in after its full-size model; trigger-position thirds
 ORDER = {"clip-l": 0, "tiny-clip": 1, "longclip-l": 2, "tiny-longclip": 3, "siglip": 4, "tiny-siglip": 5,
@@ -37,9 +39,33 @@ ALL = "All"  # the label of a row pooling every model
 
 
 def dedupe(df: pd.DataFrame) -> pd.DataFrame:
-    """One record per cell: a finished one over a failed one (a retry), then the first by path."""
+    """One record per (cell, detector): a finished one over a failed one (a retry), then the first by path."""
     order = df.assign(_ok=df["status"].eq("ok")).sort_values(["_ok", "path"], ascending=[False, True])
-    return order.drop_duplicates("cell_id").drop(columns="_ok").sort_values("path").reset_index(drop=True)
+    return order.drop_duplicates(["cell_id", "detector"]).drop(columns="_ok").sort_values("path").reset_index(drop=True)
+
+
+def detectors(df: pd.DataFrame) -> list[str]:
+    """The detectors with records, AMDET first (the paper's columns are its numbers), then by name."""
+    names = sorted(df["detector"].dropna().unique())
+    return sorted(names, key=lambda n: (n != AMDET, n))
+
+
+def per_detector(df: pd.DataFrame, table, *args, **kwargs) -> pd.DataFrame | None:
+    """`table` of each detector's records, stacked with a detector column first; None when none has one."""
+    parts = []
+    for name in detectors(df):
+        tab = table(df[df["detector"].eq(name)], *args, **kwargs)
+        if tab is not None and len(tab):
+            parts.append(tab.assign(detector=name)[["detector", *tab.columns]])
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def one_per_model(df: pd.DataFrame) -> pd.DataFrame:
+    """One finished row per model (the model's own statistics, such as attack success, are in every
+    detector's record): AMDET's where there is one."""
+    done = finished(df)
+    order = done.assign(_first=done["detector"].ne(AMDET)).sort_values(["_first", "path"])
+    return order.drop_duplicates("cell_id").drop(columns="_first").sort_values("path").reset_index(drop=True)
 
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:
@@ -63,11 +89,18 @@ def headline(regs: list[tuple[str, str]]) -> str:
     return next((r for r in ("calibrated", "paper") if r in names), names[0])
 
 
-def decided(df: pd.DataFrame, verdict: str = "verdict") -> pd.DataFrame:
+def decided(df: pd.DataFrame, verdict: str = "verdict", scores_only: bool = False) -> pd.DataFrame:
     """Finished models with a verdict in column `verdict`: a regime that was not used for a scan (no
-    calibrated profile) leaves it out, rather than counting it as a benign verdict."""
+    calibrated profile) leaves it out, rather than counting it as a benign verdict. With
+    `scores_only`, also every record of a detector that gives no verdict at all (a baseline that only
+    scores): its rows count for AUROC, and its P/R/F1 stay undefined."""
     done = finished(df)
-    return done[done[verdict].notna()].reset_index(drop=True) if verdict in done else done.iloc[:0]
+    if verdict not in done:
+        return done.iloc[:0]
+    keep = done[verdict].notna()
+    if scores_only:
+        keep |= done.groupby("detector")[verdict].transform(lambda v: v.isna().all()).astype(bool)
+    return done[keep].reset_index(drop=True)
 
 
 def plain(value):
@@ -127,7 +160,7 @@ def metric_table(df: pd.DataFrame, by: list[str], n_boot: int = 1000, seed: int 
                  verdict: str = "verdict") -> tuple[pd.DataFrame, dict]:
     """Metrics per group of the models decided in column `verdict` (a regime's), with bootstrap 95 %
     intervals; also the replicates (n_boot × groups)."""
-    df = decided(df, verdict)
+    df = decided(df, verdict, scores_only=True)
     keys = group_keys(df, by)
     masks = np.array([members(df, by, k) for k in keys], dtype=bool).reshape(len(keys), len(df))
     y = df["kind"].eq("backdoor").to_numpy(dtype=bool)
@@ -137,6 +170,11 @@ def metric_table(df: pd.DataFrame, by: list[str], n_boot: int = 1000, seed: int 
     reps = metrics.replicates(y, pred, score, masks, counts)
     est = metrics.point(y, pred, score, masks)
     bounds = {name: metrics.interval(reps[name]) for name in metrics.CLASSIFICATION}
+    judged = df[verdict].notna().to_numpy(dtype=bool) if len(df) else np.zeros(0, bool)
+    for name in ("P", "R", "F1"):  # a group of a detector that only scores has no P/R/F1
+        none = ~np.array([(m & judged).any() for m in masks], dtype=bool)
+        for values in (est[name], bounds[name][0], bounds[name][1], reps[name].T):
+            values[none] = np.nan
     rows = []
     for g, key in enumerate(keys):
         m, pos = masks[g], masks[g] & y
@@ -160,21 +198,32 @@ def stat_columns() -> list[str]:
 
 
 def table1(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, verdict: str = "verdict") -> pd.DataFrame:
-    """Table I under the verdicts of column `verdict` (a regime's): per encoder × paradigm, an Average
-    row, and the paper's numbers side by side."""
-    df = decided(df, verdict)
+    """Table I under the verdicts of column `verdict` (a regime's), per detector side by side: per
+    encoder × paradigm and an Average row; AMDET's rows beside the paper's numbers."""
+    return per_detector(df, detector_table1, n_boot, seed, verdict)
+
+
+def detector_table1(df: pd.DataFrame, n_boot: int, seed: int, verdict: str) -> pd.DataFrame | None:
+    df = decided(df, verdict, scores_only=True)
+    if df.empty:
+        return None
     tab, reps = metric_table(df, ["encoder", "paradigm"], n_boot, seed, verdict)
     family = finished(df).groupby("encoder")["family"].first()
     labels, numbers = zip(*(paper.table1_row(e, family.get(e), p) for e, p in zip(tab["encoder"], tab["paradigm"])))
+    ours = df["detector"].eq(AMDET).all()  # the paper's numbers are AMDET's
     tab.insert(2, "paper_row", labels)
     for name in ("P", "R", "F1", "Sim", "time", "time_std"):
-        tab[f"{name} (paper)"] = [n.get(name, np.nan) for n in numbers]
-    return pd.concat([tab, average_row(df, tab, reps)], ignore_index=True)
+        tab[f"{name} (paper)"] = [n.get(name, np.nan) if ours else np.nan for n in numbers]
+    avg = average_row(df, tab, reps)
+    if not ours:
+        avg[[c for c in avg.columns if c.endswith("(paper)")]] = np.nan
+    return pd.concat([tab, avg], ignore_index=True)
 
 
 def score_cut(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame | None:
     """P/R/F1 per encoder × paradigm if the calibrated score cut decided instead of AMDET's checks
     (`score_verdict`: score > cut ⇒ backdoor) — another operating point of the continuous score."""
+    df = df[df["detector"].eq(AMDET)]
     if decided(df, "score_verdict").empty:
         return None
     return metric_table(df, ["encoder", "paradigm"], n_boot, seed, "score_verdict")[0]
@@ -222,7 +271,7 @@ def ablation_columns(df: pd.DataFrame, experiment: str) -> list[str] | None:
 
 def key_columns(tab: pd.DataFrame) -> list[str]:
     """An ablation table's key columns: those between encoder and the counts."""
-    return list(tab.columns[1:tab.columns.get_loc("n_backdoor")])
+    return list(tab.columns[tab.columns.get_loc("encoder") + 1:tab.columns.get_loc("n_backdoor")])
 
 
 def paper_match(rows: list[dict], tab_row: pd.Series, cols: list[str]) -> dict | None:
@@ -233,19 +282,25 @@ def paper_match(rows: list[dict], tab_row: pd.Series, cols: list[str]) -> dict |
 
 def ablation(df: pd.DataFrame, experiment: str, n_boot: int = 1000, seed: int = 0,
              verdict: str = "verdict") -> pd.DataFrame | None:
-    """One ablation experiment's table under the verdicts of column `verdict`, each row next to the
-    paper row it matches (or the paper's statement for every row, `all`); None when the experiment
-    varies nothing or nothing was decided. The paper columns hold the CLIP ablation's numbers."""
+    """One ablation experiment's table under the verdicts of column `verdict`, per detector, each AMDET
+    row next to the paper row it matches (or the paper's statement for every row, `all`); None when
+    the experiment varies nothing or nothing was decided. The paper columns hold the CLIP ablation's
+    numbers."""
+    return per_detector(df, detector_ablation, experiment, n_boot, seed, verdict)
+
+
+def detector_ablation(df: pd.DataFrame, experiment: str, n_boot: int, seed: int, verdict: str) -> pd.DataFrame | None:
     df = df[df["experiment"].eq(experiment)]
     df = df.assign(loss_terms=loss_terms(df))
     cols = ablation_columns(df, experiment)
-    if cols is None or decided(df, verdict).empty:
+    if cols is None or decided(df, verdict, scores_only=True).empty:
         return None
     tab, _ = metric_table(df, ["encoder", *cols], n_boot, seed, verdict)
     block = paper.ablation(experiment)
     rows = block.get("rows", [])
     shown = [m for m in PAPER_METRICS if any(m in r for r in [*rows, block.get("all", {})])]
-    matches = [paper_match(rows, tab.iloc[i], cols) or block.get("all", {}) for i in range(len(tab))]
+    ours = df["detector"].eq(AMDET).all()  # the paper's numbers are AMDET's
+    matches = [(paper_match(rows, tab.iloc[i], cols) or block.get("all", {})) if ours else {} for i in range(len(tab))]
     for name in shown:
         tab[f"{name} (paper)"] = [m.get(name) for m in matches]
     return tab
@@ -277,8 +332,11 @@ def recall_by(df: pd.DataFrame, col: str, verdict: str = "verdict") -> pd.DataFr
 
 
 def recall_by_regime(df: pd.DataFrame, col: str, regs: list[tuple[str, str]]) -> pd.DataFrame:
-    """recall_by under each regime, stacked, with a regime column first."""
-    parts = [recall_by(df, col, verdict).assign(regime=regime) for regime, verdict in regs]
+    """recall_by under each regime and detector that decides, stacked, with regime and detector columns first."""
+    parts = [tab.assign(regime=regime) for regime, verdict in regs
+             if (tab := per_detector(df, recall_by, col, verdict)) is not None]
+    if not parts:
+        return pd.DataFrame(columns=["regime", "detector", "encoder", col, "n", "detected", "R"])
     out = pd.concat(parts, ignore_index=True)
     return out[["regime", *[c for c in out.columns if c != "regime"]]]
 
@@ -305,7 +363,7 @@ def asr_by_position(df: pd.DataFrame) -> pd.DataFrame | None:
     """Mean attack success (%) of the backdoored models with the trigger inserted at the start, middle
     and end of held-out prompts, per encoder × paradigm and over all, next to their overall ASR and
     mean trigger position; None when no model recorded it."""
-    bd = finished(df)
+    bd = one_per_model(df)
     where = [f"attack_asr_{p}" for p in ("start", "middle", "end")]
     bd = bd[bd["kind"].eq("backdoor") & bd[where].notna().any(axis=1)].reset_index(drop=True)
     if bd.empty:
@@ -367,10 +425,10 @@ def false_positives(df: pd.DataFrame, regs: list[tuple[str, str]] | None = None)
     flagged = np.logical_or.reduce([done[v].eq("backdoor").to_numpy(dtype=bool, na_value=False) for v in verdicts])
     fp = done[done["kind"].eq("benign").to_numpy(dtype=bool) & flagged]
     shown = [] if verdicts == ["verdict"] else verdicts
-    cols = ["encoder", "benign_run", "benign_step", "score", "landscape_ratio", *shown, "cell_id"]
+    cols = ["detector", "encoder", "benign_run", "benign_step", "score", "landscape_ratio", *shown, "cell_id"]
     return fp.sort_values(["encoder", "score"], ascending=[True, False])[cols].reset_index(drop=True)
 
 
 def failures(df: pd.DataFrame) -> pd.DataFrame:
     """Jobs whose cell never finished (a successful retry of the same cell hides an earlier failure)."""
-    return df[df["status"].ne("ok")][["cell_id", "experiment", "encoder", "reason", "path"]].reset_index(drop=True)
+    return df[df["status"].ne("ok")][["cell_id", "detector", "experiment", "encoder", "reason", "path"]].reset_index(drop=True)

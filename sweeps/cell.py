@@ -1,18 +1,21 @@
-"""`python launch.py job=cell ...`: one cell of a sweep — make one model, scan it, write result.json.
-What every executor of a sweep runs (`attempt`: one cell, one status), below them in the imports.
+"""`python launch.py job=cell ...`: one cell of a sweep — make one model, run every detector in
+`cell.detectors` on it, write one record per detector. What every executor of a sweep runs
+(`attempt`: one cell, one status), below them in the imports.
 
-    <cell dir>/model/           the backdoored or benign model (weights dropped when cell.keep_model=false)
-    <cell dir>/result.json      verdict, score, Sim, checks, times, ground truth, cell coordinates, provenance
-    <cell dir>/wandb/           the offline wandb run of the cell (unless wandb.mode=disabled)
+    <cell dir>/model/                          the backdoored or benign model (weights dropped when cell.keep_model=false)
+    <cell dir>/detectors/<name>/result.json    one record per detector (core/records.py): verdict, score, times,
+                                               the model's coordinates, attack success, provenance; its artefacts beside it
+    <cell dir>/wandb/                          the offline wandb run of the cell (unless wandb.mode=disabled)
 
-The base is loaded once and serves as the attack's f0, the benign run's anchor and the scan's
-anchor. A cell whose result.json says ok is skipped, so rerunning a sweep only fills its gaps; a
-failing cell writes an error result (reason and traceback) and never touches a finished one.
+The base is loaded once and serves as the attack's f0, the benign run's anchor and every detector's
+anchor; the model is made once and loaded once for all detectors. A detector whose record says ok
+(with the current settings) is skipped, so rerunning a sweep, or adding a detector to a finished one,
+only computes what is missing and never retrains a stored model; a failing detector writes an error
+record and never touches a finished one.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import traceback
@@ -23,73 +26,92 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from filelock import FileLock
 
-from amdet.job import explicit_checks, scan_to
-from amdet.outputs import write_result
+from amdet.job import explicit_checks
 from amdet.profiles import profiles_fingerprint
 from attacks.job import run as attack
 from attacks.triggers import MAX_LENGTH
 from benign_ft.job import checkpoint_dirs, run as benign
-from core.errors import one_line
-from sweeps.grid import Cell
+from core import detectors
 from core.bases import base_source
+from core.errors import one_line
 from core.loading import load_encoder
 from core.provenance import compute_record, config_hash, provenance, settings_hash
+from core.records import RECORD, RecordError, read_record, write_record
 from core.store import model_settings_key, read_manifest
 from core.threads import set_threads
 from sweeps.claim import Claimed, claim
+from sweeps.grid import Cell
 from sweeps.validate import validate
 from sweeps import tracking
 from sweeps.naming import cell_dirname
 
+DETECTORS_DIR = "detectors"
+
 
 def run(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
+    cfg = detectors.resolve(cfg, hc.searchpath)
     return run_cell(Path(hc.runtime.output_dir), cfg, cell_id=cell_dirname(hc.job.override_dirname))
 
 
-# what a cell's result depends on; the rest (paths, job, progress, threads, wandb, snapshots, ...) does not
-RESULT_SETTINGS = ("encoder", "training", "prompts", "pools", "attack", "benign", "scan", "losses", "cell", "seed")
-# how, not what: an early-exiting check pass reaches the same verdicts, score and v
-NOT_RESULT = ("cell.keep_model", "scan.landscape.batch", "scan.inversion.check_early_exit")
+# what a cell's model depends on; the rest (paths, job, progress, threads, wandb, snapshots, ...) does not
+MODEL_SETTINGS = ("encoder", "training", "prompts", "pools", "attack", "benign", "cell", "seed")
+# how, not what: an early-exiting check pass reaches the same verdicts, score and v; which detectors run
+NOT_RESULT = ("cell.keep_model", "cell.detectors", "scan.landscape.batch", "scan.inversion.check_early_exit",
+              "scan.explicit_checks")
 
 
-def settings_key(cfg: DictConfig) -> str:
-    """A hash of every setting the cell's result depends on, recorded in result.json: a finished result
-    whose key differs from the current config's was made with other settings (another base, attack, scan).
-    A scored cell's key also covers the calibrated profiles it may be scored with and the checks that
-    win over them, so a refit that changes a profile makes the cells scored with the old one stale."""
-    key = settings_hash(cfg, RESULT_SETTINGS, NOT_RESULT + ("scan.explicit_checks",))
-    if cfg.cell.observe:
-        return key
-    profiles = profiles_fingerprint(cfg.scan.thresholds, cfg.paths.get("profiles_dir"))
-    return config_hash([key, profiles, sorted(explicit_checks(cfg))])
+def settings_key(cfg: DictConfig, detector: str = "amdet") -> str:
+    """A hash of every setting one detector's record depends on: the model's settings, the detector's
+    own config and the groups it `reads`. A finished record whose key differs from the current
+    config's was made with other settings (another base, attack, scan). A detector scored with
+    calibrated profiles (AMDET) also covers, in a scored cell, the profiles and the checks that win
+    over them, so a refit that changes a profile makes the records scored with the old one stale."""
+    node = detectors.config(cfg, detector)
+    reads = tuple(str(g) for g in node.get("reads") or ())
+    key = settings_hash(cfg, MODEL_SETTINGS + reads, NOT_RESULT)
+    parts = [key, OmegaConf.to_container(node, resolve=True)]
+    if node.get("profiles") and not cfg.cell.observe:
+        parts += [profiles_fingerprint(cfg.scan.thresholds, cfg.paths.get("profiles_dir")), sorted(explicit_checks(cfg))]
+    return config_hash(parts)
 
 
 class StaleResult(ValueError):
-    """A finished cell whose result was made with other settings than the current config's."""
+    """A finished record made with other settings than the current config's."""
 
 
-def finished(out: Path, cfg: DictConfig | None = None) -> dict | None:
-    """The cell's result when it is done (status ok), else None. With `cfg`, a result made with other
-    settings raises StaleResult: reusing it would mix models of two configs in one table, and
+def record_path(out: Path, detector: str) -> Path:
+    return out / DETECTORS_DIR / detector / RECORD
+
+
+def finished_record(out: Path, detector: str, cfg: DictConfig | None = None) -> dict | None:
+    """One detector's record of the cell when it is done (status ok), else None. With `cfg`, a record
+    made with other settings raises StaleResult: reusing it would mix two configs in one table, and
     recomputing it would overwrite a finished result."""
-    path = out / "result.json"
+    path = record_path(out, detector)
     if not path.is_file():
         return None
     try:
-        result = json.loads(path.read_text())
-    except ValueError:
-        return None  # a torn or hand-edited file: the cell is redone
-    if result.get("status") != "ok":
+        record = read_record(path)
+    except RecordError:
+        return None  # a torn file, or one of another schema: redone (collect names such files)
+    if record["status"] != "ok":
         return None
-    recorded = result.get("settings_key")  # results written before keys existed are taken as they are
-    if cfg is not None and recorded and recorded != (current := settings_key(cfg)):
+    if cfg is not None and record.get("settings_key") != (current := settings_key(cfg, detector)):
         raise StaleResult(
-            f"{path} was made with other settings than the current config's (settings key {recorded} vs "
-            f"{current}: e.g. another base, attack or scan config); move {out} away to recompute it, "
-            "or restore the settings it was made with"
+            f"{path} was made with other settings than the current config's (settings key "
+            f"{record.get('settings_key')} vs {current}: e.g. another base, attack or scan config); move {out} "
+            "away to recompute the cell, or restore the settings it was made with"
         )
-    return result
+    return record
+
+
+def finished(out: Path, cfg: DictConfig | None = None, names: list[str] | tuple[str, ...] | None = None) -> dict | None:
+    """The cell's records (detector → record) when every detector it runs (cfg.cell.detectors, or
+    `names`) has finished, else None."""
+    names = detectors.names(cfg) if names is None else list(names)
+    records = {n: finished_record(out, n, cfg) for n in names}
+    return records if names and all(records.values()) else None
 
 
 def benign_seed(cfg: DictConfig) -> int:
@@ -170,11 +192,11 @@ def drop_stale_weights(model_dir: Path) -> None:
 
 
 def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
-    """The cell's result: the finished one, or computed here under the cell's claim (Claimed when
-    another live process is computing it)."""
+    """The cell's records (detector → record): the finished ones, or computed here under the cell's
+    claim (Claimed when another live process is computing it)."""
     done = finished(out, cfg)
     if done:
-        print(f"cell {cell_id}: done ({done['verdict']}, score {done['score']:.3f}) — skipped")
+        print(f"cell {cell_id}: done ({', '.join(done)}) — skipped")
         return done
     try:
         return compute_claimed(out, cfg, cell_id, anchor)
@@ -195,15 +217,23 @@ def compute_claimed(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> di
         return compute_cell(out, cfg, cell_id, anchor)
 
 
+class DetectorFailed(RuntimeError):
+    """One or more of a cell's detectors failed (each wrote an error record saying why)."""
+
+
 def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
+    """Make the model (or find it in the store) and run every detector without a finished record."""
     set_threads(cfg)
     cfg = cfg.copy()
     with open_dict(cfg):  # a requeued cell resumes its training or inversion from these; a shared
         # snapshots.dir gets a subdirectory per cell, so cells never load or delete each other's state
         cfg.snapshots.dir = str(Path(cfg.snapshots.dir) / cell_id) if cfg.snapshots.dir else str(out / "snapshots")
     info = cell_info(cfg, cell_id)
-    extra = {"experiment": cfg.experiment.name, "cell": info, "settings_key": settings_key(cfg),
-             "compute": compute_record(cfg)}  # after set_threads: the threads it computes with
+    names = detectors.names(cfg)
+    records = {n: r for n in names if (r := finished_record(out, n, cfg))}
+    todo = [n for n in names if n not in records]
+    wrapper = {"experiment": cfg.experiment.name, "cell": info, "compute": compute_record(cfg),  # after set_threads
+               "config": OmegaConf.to_container(cfg, resolve=True), "provenance": provenance()}
     t0 = time.perf_counter()
     try:
         source = base_source(cfg.encoder, cfg.progress)
@@ -211,25 +241,52 @@ def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
         t = time.perf_counter()
         model_dir = make_model(cfg, out, anchor)
         train_s = time.perf_counter() - t
-    except Exception as exc:  # noqa: BLE001 — the cell's record must say it failed, and why
-        write_result(out, {**extra, "status": "error", "phase": "model", "reason": one_line(exc),
-                           "traceback": traceback.format_exc(), "config": OmegaConf.to_container(cfg, resolve=True),
-                           "provenance": provenance(), "time_s": round(time.perf_counter() - t0, 2)})
+        t = time.perf_counter()
+        model = load_encoder(model_dir, cfg.device)
+        load_s = time.perf_counter() - t
+    except Exception as exc:  # noqa: BLE001 — the cell's records must say it failed, and why
+        for name in todo:
+            write_record(record_path(out, name).parent, {
+                **wrapper, "detector": name, "status": "error", "phase": "model", "reason": one_line(exc),
+                "traceback": traceback.format_exc(), "time_s": round(time.perf_counter() - t0, 2)})
         raise
-    extra.update(training_record(model_dir, info))
-    scan_cfg = cfg.copy()
-    with open_dict(scan_cfg):
-        scan_cfg.scan.model_path, scan_cfg.scan.anchor_path = str(model_dir), str(source)
+    wrapper.update(training_record(model_dir, info), model_path=str(model_dir), anchor_path=str(source))
+    failed = []
     try:
-        result = scan_to(out, scan_cfg, observe=cfg.cell.observe, anchor=anchor, extra=extra,
-                         earlier_times={"train_s": round(train_s, 3)})
+        for name in todo:
+            records[name] = detect(cfg, name, out, model_dir, source, model, anchor, wrapper,
+                                   {"train_s": round(train_s, 3), "load_s": round(load_s, 3)})
+            if records[name]["status"] != "ok":
+                failed.append(f"{name}: {records[name]['reason']}")
     finally:
         if not cfg.cell.keep_model:
             for f in model_dir.glob("*.safetensors"):
                 f.unlink()
     shutil.rmtree(cfg.snapshots.dir, ignore_errors=True)
-    tracking.log_cell(cfg, result, out)
-    return result
+    tracking.log_cell(cfg, {n: records[n] for n in todo if records[n]["status"] == "ok"}, out)
+    if failed:
+        raise DetectorFailed("; ".join(failed))
+    return records
+
+
+def detect(cfg: DictConfig, name: str, out: Path, model_dir: Path, anchor_dir: str, model, anchor,
+           wrapper: dict, earlier_times: dict) -> dict:
+    """Run one detector and write its record (ok, or error with the reason); the record."""
+    directory = record_path(out, name).parent
+    context = detectors.Context(cfg=cfg, model=model, anchor=anchor, observe=bool(cfg.cell.observe))
+    t0 = time.perf_counter()
+    try:
+        found = detectors.run(cfg, name, model_dir, Path(anchor_dir), directory, context)
+    except Exception as exc:  # noqa: BLE001 — recorded; the cell's other detectors still run
+        record = {**wrapper, "detector": name, "status": "error", "phase": "detect", "reason": one_line(exc),
+                  "traceback": traceback.format_exc(), "time_s": round(time.perf_counter() - t0, 2)}
+        write_record(directory, record)
+        return record
+    record = {**wrapper, **found, "detector": name, "status": "ok", "settings_key": settings_key(cfg, name),
+              "times": {**earlier_times, **found["times"]}}
+    path = write_record(directory, record)
+    print(f"{name}: {record['verdict'] or 'no verdict'} (score {record['score']:.3f}, {record['time_s']:.1f} s) → {path}")
+    return record
 
 
 def training_record(model_dir: Path, info: dict) -> dict:
@@ -249,13 +306,13 @@ def training_record(model_dir: Path, info: dict) -> dict:
 
 def attempt(cell: Cell, cfg: DictConfig | None = None, anchor=None) -> dict:
     """Compute one cell of a sweep under its claim; its status for the phase summary: ok, claimed
-    (another launcher holds it or finished it) or error (recorded in its result.json), with the reason."""
+    (another launcher holds it or finished it) or error (recorded in its records), with the reason."""
     try:
-        result = compute_claimed(cell.directory, cfg or cell.config(), cell.id, anchor)
-        return {"cell": cell.id, "status": "ok", "verdict": result.get("verdict")}
+        compute_claimed(cell.directory, cfg or cell.config(), cell.id, anchor)
+        return {"cell": cell.id, "status": "ok"}
     except Claimed:
         return {"cell": cell.id, "status": "claimed"}
-    except Exception as exc:  # noqa: BLE001 — recorded in the cell's result.json; the sweep goes on
+    except Exception as exc:  # noqa: BLE001 — recorded in the cell's records; the sweep goes on
         return {"cell": cell.id, "status": "error", "reason": one_line(exc)}
 
 
@@ -268,12 +325,13 @@ def anchor_for(cfg: DictConfig, anchors: dict):
 
 
 def record_dead(cell: Cell, reason: str) -> bool:
-    """An error result for a cell whose process or task died before finishing it (cancelled, killed at
-    its time limit, out of memory, node failure), so that the results store and the report list it;
-    resume redoes it. A finished result is never touched (returns False)."""
-    if finished(cell.directory):
-        return False
+    """Error records for the detectors of a cell whose process or task died before finishing them
+    (cancelled, killed at its time limit, out of memory, node failure), so that the results store and
+    the report list them; resume redoes them. A finished record is never touched (False: none written)."""
     cfg = cell.config()
-    write_result(cell.directory, {"status": "error", "phase": "job", "reason": reason, "experiment": cfg.experiment.name,
-                                  "cell": cell_info(cfg, cell.id), "config": OmegaConf.to_container(cfg, resolve=True)})
-    return True
+    missing = [n for n in detectors.names(cfg) if not finished_record(cell.directory, n)]
+    for name in missing:
+        write_record(record_path(cell.directory, name).parent, {
+            "detector": name, "status": "error", "phase": "job", "reason": reason, "experiment": cfg.experiment.name,
+            "cell": cell_info(cfg, cell.id), "config": OmegaConf.to_container(cfg, resolve=True)})
+    return bool(missing)

@@ -32,9 +32,11 @@ def measured_seconds(cells: list[Cell]) -> dict:
     """(encoder, kind) → (mean seconds per finished cell: training + scan, cells measured, hardware)."""
     runs = collections.defaultdict(list)
     for cell in cells:
-        r = finished(cell.directory)
-        if r:
-            runs[(r["cell"]["encoder"], r["cell"]["kind"])].append(((r["times"].get("train_s") or 0) + r["time_s"], hardware_of(r)))
+        records = finished(cell.directory, names=cell.detectors)
+        if records:  # the model's training once, then every detector
+            r = next(iter(records.values()))
+            seconds = (r["times"].get("train_s") or 0) + sum(x["time_s"] for x in records.values())
+            runs[(r["cell"]["encoder"], r["cell"]["kind"])].append((seconds, hardware_of(r)))
     return {k: (sum(s for s, _ in v) / len(v), len(v), ", ".join(sorted({h for _, h in v}))) for k, v in runs.items()}
 
 
@@ -47,7 +49,7 @@ def estimate(cells: list[Cell], device: str) -> tuple[dict, dict]:
     measured = measured_seconds(cells)
     used, total = {}, collections.Counter()
     for cell in cells:
-        if finished(cell.directory):
+        if finished(cell.directory, names=cell.detectors):
             continue
         c = coordinates(cell)
         encoder = c.get("encoder") or compose_config(list(cell.overrides)).encoder.name
@@ -75,7 +77,7 @@ def probe_cells(scored: list[Cell], calibration: list[Cell]) -> list[Cell]:
     for cell in calibration or scored:
         c = coordinates(cell)
         key = (c.get("encoder"), c.get("cell.kind", "backdoor"))
-        if key not in seen and not finished(cell.directory):
+        if key not in seen and not finished(cell.directory, names=cell.detectors):
             seen.add(key)
             probes.append(cell)
     return probes
@@ -99,7 +101,7 @@ def print_plan(overrides: list[str]) -> None:
         validate(compose_config(list((scored + calibration)[0].overrides)))
     kinds = collections.Counter(coordinates(c).get("cell.kind", "backdoor") for c in scored)
     encoders = collections.Counter(coordinates(c).get("encoder", cfg.encoder.name) for c in scored)
-    done = sum(1 for c in scored + calibration if finished(c.directory))
+    done = sum(1 for c in scored + calibration if finished(c.directory, names=c.detectors))
     print(f"experiment {cfg.experiment.name}: {len(scored)} cells ("
           + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f") + {len(calibration)} calibration cells")
     print("  by encoder: " + ", ".join(f"{e} {n}" for e, n in sorted(encoders.items())))

@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
 from amdet.profiles import overridden_checks
+from core import detectors
 from sweeps.naming import cell_dirname  # also registers the resolver the configs use
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -30,6 +31,7 @@ class Cell:
     overrides: tuple[str, ...]  # what `python launch.py` would be given for this one cell
     directory: Path
     calibration: bool = False
+    detectors: tuple[str, ...] = ("amdet",)  # the experiment's cell.detectors: a cell is done when each has a record
 
     @property
     def id(self) -> str:
@@ -50,13 +52,18 @@ class Cell:
 
 
 def compose_config(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The config `python launch.py` would compose from `overrides`, with every detector in
+    cell.detectors resolved (an external one from hydra.searchpath); with `hydra`, Hydra's own node too."""
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app (the study job): same config dir
-        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     else:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    cfg = detectors.resolve(cfg, list(cfg.hydra.searchpath))
     with open_dict(cfg):  # thresholds a cell sets on purpose (table4's τ grid) win over a calibrated profile
         cfg.scan.explicit_checks = overridden_checks(overrides)
+        if not hydra:
+            del cfg["hydra"]
     return cfg
 
 
@@ -91,11 +98,12 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[Cell], list[Cell]]:
     sweep_dir = Path(cfg.hydra.sweep.dir)
     exclude = list(cfg.hydra.job.config.override_dirname.exclude_keys)
     params = dict(cfg.hydra.sweeper.params or {})
-    scored = [Cell(tuple(job), sweep_dir / dirname(job, exclude)) for job in expand(params, overrides)]
+    names = tuple(detectors.names(cfg))
+    scored = [Cell(tuple(job), sweep_dir / dirname(job, exclude), False, names) for job in expand(params, overrides)]
     calibration = []
     seeds = cfg.experiment.get("calibration_seeds")
     if seeds:
         extra = [f"seed={seeds}", "cell.observe=true", *(cfg.experiment.get("calibration_overrides") or [])]
         for job in expand(params, list(overrides) + extra):
-            calibration.append(Cell(tuple(job), sweep_dir / dirname(job, exclude), True))
+            calibration.append(Cell(tuple(job), sweep_dir / dirname(job, exclude), True, names))
     return cfg, scored, calibration

@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from amdet.calibrate import fit_profile, write_profile
+from amdet.job import DETECTOR as AMDET
 from analyze.report import report as make_report
+from core import detectors
 from core.provenance import compute_mismatch
 from core.store import write_json_atomic
-from sweeps.cell import finished
+from sweeps.cell import finished, finished_record, record_path
 from sweeps.claim import wait_for
 from sweeps.grid import Cell, compose_config, plan
 from sweeps.local import in_process, in_workers, worker_count
@@ -49,16 +51,17 @@ def check_all(cells: list[Cell]) -> None:
         cfg = configs[key].copy()
         if seed:
             cfg.seed = int(seed[-1])
-        done = finished(cell.directory, cfg)
-        # one table's cells computed on a CPU and a GPU (or in fp32 and bf16) differ beyond float noise
-        mismatch = compute_mismatch(done.get("compute"), cfg) if done else None
-        if mismatch and not cfg.experiment.get("allow_mixed_compute"):
-            what, was, now = mismatch
-            raise MixedCompute(
-                f"{cell.directory / 'result.json'} was computed with {what} {was!r} but the current config computes "
-                f"with {now!r}; set {what.split()[0]}={was} to continue the sweep as it was computed, move the cell "
-                "away to recompute it, or set experiment.allow_mixed_compute=true to mix them"
-            )
+        for name in cell.detectors:
+            done = finished_record(cell.directory, name, cfg)
+            # one table's cells computed on a CPU and a GPU (or in fp32 and bf16) differ beyond float noise
+            mismatch = compute_mismatch(done.get("compute"), cfg) if done else None
+            if mismatch and not cfg.experiment.get("allow_mixed_compute"):
+                what, was, now = mismatch
+                raise MixedCompute(
+                    f"{record_path(cell.directory, name)} was computed with {what} {was!r} but the current config "
+                    f"computes with {now!r}; set {what.split()[0]}={was} to continue the sweep as it was computed, move "
+                    "the cell away to recompute it, or set experiment.allow_mixed_compute=true to mix them"
+                )
 
 
 def record_sweep(sweep_dir: Path, overrides: list[str], scored: list[Cell], calibration: list[Cell]) -> None:
@@ -83,7 +86,7 @@ def run_phase(cells: list[Cell], cfg, sweep_dir: Path, progress: bool, desc: str
     Cells that another launcher is computing are waited for, so a phase ends with all its cells done
     or failed; those it left unfinished are run here."""
     execute = executor(cfg, sweep_dir, progress, desc)
-    todo = [c for c in cells if not finished(c.directory)]
+    todo = [c for c in cells if not finished(c.directory, names=c.detectors)]
     summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "computed": 0, "elsewhere": 0, "failed": []}
     while todo:
         claimed = []
@@ -100,14 +103,14 @@ def run_phase(cells: list[Cell], cfg, sweep_dir: Path, progress: bool, desc: str
         busy = [c for c in todo if c.id in set(claimed)]
         print(f"{desc}: {len(busy)} cells are being computed by another launcher; waiting for them")
         wait_for([c.directory for c in busy])
-        todo = [c for c in busy if not finished(c.directory)]
+        todo = [c for c in busy if not finished(c.directory, names=c.detectors)]
         summary["elsewhere"] += len(busy) - len(todo)
     return summary
 
 
 def fit_profiles(cfg, calibration: list[Cell]) -> list[Path]:
     """Fit one threshold profile per encoder from the calibration cells' observed scans."""
-    results = [r for r in (finished(c.directory) for c in calibration) if r]
+    results = [r for r in (finished_record(c.directory, AMDET) for c in calibration) if r]
     by_encoder: dict[tuple, list[dict]] = {}
     for r in results:
         by_encoder.setdefault((r["model"]["family"], r["model"]["hidden_size"]), []).append(r)
@@ -125,7 +128,7 @@ def run_experiment(overrides: list[str], progress: bool = True, report: bool = T
     record_sweep(sweep_dir, overrides, scored, calibration)
     t0 = time.perf_counter()
     summary = {"sweep_dir": str(sweep_dir)}
-    if calibration:
+    if calibration and AMDET in detectors.names(cfg):  # the profiles are AMDET's thresholds
         summary["calibration"] = run_phase(calibration, cfg, sweep_dir, progress, "calibration cells")
         summary["profiles"] = [str(p) for p in fit_profiles(cfg, calibration)]
     summary["scored"] = run_phase(scored, cfg, sweep_dir, progress, "cells")

@@ -1,4 +1,5 @@
-"""wandb: one run per cell (grouped by sweep, tagged by cell) and one summary run per sweep.
+"""wandb: one run per cell (grouped by sweep, tagged by cell and by each detector it ran, each detector's
+summary under its name: amdet/score, weight_distance/score, ...) and one summary run per sweep.
 
 Offline by default — runs are written under each cell's directory and synced later with
 `wandb sync DIR` — online when WANDB_API_KEY is set (wandb.mode=auto), off with wandb.mode=disabled.
@@ -35,25 +36,29 @@ def _init(cfg: DictConfig, out: Path, **kwargs):
                       reinit="finish_previous", settings=wandb.Settings(init_timeout=120, console="off"), **kwargs)
 
 
-def log_cell(cfg: DictConfig, result: dict, out: Path) -> None:
-    if mode_of(cfg.wandb) == "disabled":
+def log_cell(cfg: DictConfig, records: dict[str, dict], out: Path) -> None:
+    """One run for the cell's records (detector → record, each under detectors/<name>/ in `out`)."""
+    if mode_of(cfg.wandb) == "disabled" or not records:
         return
     try:
         import wandb
 
-        cell = result.get("cell", {})
+        first = next(iter(records.values()))
+        cell = first.get("cell", {})
         tags = [str(t)[:64] for t in (cell.get("encoder"), cell.get("kind"), cell.get("paradigm"),
-                                      f"len{cell.get('trigger_length')}" if cell.get("trigger_length") else None) if t]
-        run = _init(cfg, out, group=result.get("experiment"), job_type=cell.get("kind"), name=cell.get("id"),
+                                      f"len{cell.get('trigger_length')}" if cell.get("trigger_length") else None,
+                                      *(f"detector:{d}" for d in records)) if t]
+        run = _init(cfg, out, group=first.get("experiment"), job_type=cell.get("kind"), name=cell.get("id"),
                     tags=tags, config=OmegaConf.to_container(cfg, resolve=True))
-        summary = {k: result.get(k) for k in SUMMARY_KEYS}
-        summary.update({f"times/{k}": v for k, v in (result.get("times") or {}).items()})
-        summary.update({f"attack/{k}": v for k, v in (result.get("attack") or {}).items() if isinstance(v, (int, float))})
-        summary["truth"] = (result.get("truth") or {}).get("kind")
+        summary = {f"attack/{k}": v for k, v in (first.get("attack") or {}).items() if isinstance(v, (int, float))}
+        for name, record in records.items():
+            summary.update({f"{name}/{k}": record.get(k) for k in SUMMARY_KEYS})
+            summary.update({f"{name}/times/{k}": v for k, v in (record.get("times") or {}).items()})
+            summary[f"{name}/truth"] = (record.get("truth") or {}).get("kind")
         run.summary.update({k: v for k, v in summary.items() if v is not None})
-        images = {name: wandb.Image(str(out / f)) for name, f in (("landscape", "landscape.png"),
-                                                                   ("hessian_spectrum", "hessian_spectrum.png"))
-                  if (out / f).is_file()}
+        images = {f"{name}/{label}": wandb.Image(str(out / "detectors" / name / f)) for name in records
+                  for label, f in (("landscape", "landscape.png"), ("hessian_spectrum", "hessian_spectrum.png"))
+                  if (out / "detectors" / name / f).is_file()}
         if images:
             run.log(images)
         run.finish()

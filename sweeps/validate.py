@@ -12,6 +12,7 @@ from attacks.objective import similarity_fn
 from attacks.targets import check_paradigm
 from attacks.triggers import check_trigger_config
 from benign_ft.job import hparams as benign_hparams
+from core import detectors
 from core.provenance import PRECISIONS
 from core.snapshot import check_every_s
 
@@ -20,6 +21,8 @@ KINDS = ("backdoor", "benign")
 
 def validate(cfg: DictConfig) -> None:
     """Raise ValueError for the first bad setting of a cell (attack, benign run, scan)."""
+    for name in detectors.names(cfg):  # each one registered, with a _target_
+        detectors.config(cfg, name)
     if cfg.cell.kind not in KINDS:
         raise ValueError(f"unknown cell.kind '{cfg.cell.kind}'; choose one of {', '.join(KINDS)}")
     a = cfg.attack

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from analyze import metrics, paper, tables
 from analyze.__main__ import main
 from analyze.collect import collect, flatten
 from analyze.report import NoResults, report, table1_text
+from core.records import SCHEMA, RecordError
 from sweeps.cell import cell_info
 from sweeps.grid import CONF_DIR, plan
 
@@ -23,7 +25,7 @@ FIGURES = ("roc", "recall_vs_trigger_length", "detection_time", "assimilation")
 
 def write_result(root: Path, kind: str, verdict: str, score: float, *, encoder="tiny-clip", family="clip",
                  paradigm="text_on_text", length=3, seed=0, experiment="table1", variant=None,
-                 status="ok", benign_step=None, cell=None, extra=None, attack_extra=None) -> Path:
+                 status="ok", benign_step=None, cell=None, extra=None, attack_extra=None, detector="amdet") -> Path:
     """One job's result.json as the scan job writes it (only the fields the analysis reads). `cell`: the
     cell section as sweeps.cell writes it (instead of one built from the arguments); `extra`: more
     top-level fields (verdicts, floor, ...); `attack_extra`: more fields of a backdoored model's attack."""
@@ -32,7 +34,7 @@ def write_result(root: Path, kind: str, verdict: str, score: float, *, encoder="
     cell_id += "".join(f"/{k}={v}" for k, v in (variant or {}).items())
     cell_id = cell["id"] if cell else cell_id
     record = {
-        "status": status, "experiment": experiment,
+        "schema": SCHEMA, "detector": detector, "status": status, "experiment": experiment,
         "cell": cell or {"id": cell_id, "kind": kind, "encoder": encoder, "family": family,
                  "paradigm": paradigm if backdoor else None, "trigger_level": "word" if backdoor else None,
                  "trigger_length": length if backdoor else None, "trigger_count": 1 if backdoor else None,
@@ -52,7 +54,7 @@ def write_result(root: Path, kind: str, verdict: str, score: float, *, encoder="
     else:
         record.update(reason="RuntimeError: out of memory", traceback="Traceback ...")
     record.update(extra or {})
-    path = root / cell_id / "result.json"
+    path = root / cell_id / "detectors" / detector / "result.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record))
     return path
@@ -164,7 +166,7 @@ def test_report_writes_tables_figures_and_report_md(sweep, reported, capsys):
     assert main(["report", str(sweep), "--bootstrap", "50"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "Table I — each scan's verdict (threshold regime not recorded):"  # results without regimes
-    assert printed[1].startswith("| Encoder | Paradigm | Paper row |")
+    assert printed[1].startswith("| Detector | Encoder | Paradigm | Paper row |")
     assert printed[-2].startswith("difficulty floor: not recorded") and printed[-1].endswith("report.md")
 
 
@@ -424,3 +426,28 @@ def test_ablations_are_reported_under_each_regime(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert ("## Ablation table2_data_scale — paper's fixed thresholds (CLIP-L values), by scan.prompts "
             "(paper: CLIP)") in text
+
+
+def test_a_record_of_another_schema_or_missing_a_field_is_refused_with_its_path_and_the_field(tmp_path):
+    path = write_result(tmp_path, "backdoor", "backdoor", 0.9)
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "schema": 1}))
+    with pytest.raises(RecordError, match=f"{re.escape(str(path))}: field 'schema' is 1"):
+        collect(tmp_path)
+    path.write_text(json.dumps({k: v for k, v in record.items() if k != "score"}))
+    with pytest.raises(RecordError, match=f"{re.escape(str(path))}: field 'score' is missing"):
+        collect(tmp_path)
+
+
+def test_table1_has_one_block_per_detector_and_a_score_only_baseline_reports_auroc_without_prf(tmp_path):
+    for i in range(4):
+        for kind in ("backdoor", "benign"):
+            write_result(tmp_path, kind, kind, score=0.9 if kind == "backdoor" else 0.1, seed=i)
+            # a baseline that ranks the other way round and decides nothing
+            write_result(tmp_path, kind, None, score=0.1 if kind == "backdoor" else 0.9, seed=i, detector="weight_distance")
+    t1 = report(tmp_path, n_boot=50)["table1"]
+    assert t1["detector"].drop_duplicates().tolist() == ["amdet", "weight_distance"]
+    amdet, baseline = (t1[t1["detector"].eq(d) & t1["encoder"].ne("Average")].iloc[0] for d in ("amdet", "weight_distance"))
+    assert (amdet["F1"], amdet["AUROC"], baseline["AUROC"]) == (100.0, 100.0, 0.0)
+    assert np.isnan(baseline["P"]) and np.isnan(baseline["F1"]) and np.isnan(baseline["F1 (paper)"])
+    assert amdet["F1 (paper)"] == 89.43 and (amdet["n_backdoor"], baseline["n_backdoor"]) == (4, 4)

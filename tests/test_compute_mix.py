@@ -49,14 +49,14 @@ def test_a_sweep_records_how_each_cell_computed_and_refuses_to_mix_device_types_
     sweep = [*MICRO_STUDY, f"paths.output_dir={tmp_path}", "experiment.calibration_seeds=null", "cell.kind=benign",
              "wandb.mode=disabled"]  # one micro benign cell
     assert run_experiment(sweep, progress=False, report=False)["scored"]["computed"] == 1
-    (path,) = (tmp_path / "sweeps" / "embedded").glob("*/result.json")
+    (path,) = (tmp_path / "sweeps" / "embedded").glob("*/detectors/amdet/result.json")
     record = json.loads(path.read_text())
     assert record["compute"] == {"device": "cpu", "precision": "fp32", "threads": torch.get_num_threads()}
     before = path.read_text()
 
     assert sweeps_main(["run", *sweep, "device=cuda"]) == 2  # continued on a GPU
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and path.parent.name in err and "device type 'cpu'" in err and "'cuda'" in err, err
+    assert "\n" not in err and path.parents[2].name in err and "device type 'cpu'" in err and "'cuda'" in err, err
     assert "experiment.allow_mixed_compute=true" in err and path.read_text() == before
 
     for allowed in (["device=cuda", "experiment.allow_mixed_compute=true"], ["threads=1"]):  # the same cell dir
@@ -64,5 +64,5 @@ def test_a_sweep_records_how_each_cell_computed_and_refuses_to_mix_device_types_
         assert (summary["computed"], summary["skipped"]) == (0, 1), allowed
 
     path.write_text(json.dumps({**record, "compute": {**record["compute"], "precision": "bf16"}}))
-    with pytest.raises(MixedCompute, match=rf"{re.escape(path.parent.name)}.*precision 'bf16' but the current config computes with 'fp32'"):
+    with pytest.raises(MixedCompute, match=rf"{re.escape(path.parents[2].name)}.*precision 'bf16' but the current config computes with 'fp32'"):
         run_experiment(sweep, progress=False, report=False)

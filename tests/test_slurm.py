@@ -77,7 +77,7 @@ def cancel_a_running_task(proc: subprocess.Popen, tasks: int, spare: int, timeou
 
 
 def results(sweep_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
+    return {p.parents[2].name: json.loads(p.read_text()) for p in sweep_dir.glob("*/detectors/amdet/result.json")}
 
 
 def test_a_slurm_sweep_reports_failures_resumes_the_gaps_and_matches_the_local_one(tmp_path):
@@ -118,7 +118,7 @@ def test_a_slurm_sweep_reports_failures_resumes_the_gaps_and_matches_the_local_o
     assert "Traceback" in table.loc[broken.id, "traceback"] and "CANCELLED" in table.loc[gone, "reason"]
 
     shutil.rmtree(broken.directory / "model")  # the user fixes the cause, then resumes
-    done = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/result.json")
+    done = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/detectors/amdet/result.json")
             if json.loads(p.read_text())["status"] == "ok"}
     proc = sweeps_cli("resume", str(sweep_dir))
     output, _ = proc.communicate(timeout=600)

@@ -124,11 +124,11 @@ def test_cells_sharing_snapshots_dir_neither_resume_from_nor_delete_each_others_
     assert saves[-1] == shared / killed.id / "attack.pt"
     monkeypatch.setattr(Snapshots, "save", original)
 
-    done = run_cell(whole.directory, whole.config(), whole.id)  # the other cell, start to end
+    done = run_cell(whole.directory, whole.config(), whole.id)["amdet"]  # the other cell, start to end
     assert done["status"] == "ok" and done["train_resumed_from_step"] is None, "it never loads the killed cell's state"
     assert (shared / killed.id / "attack.pt").is_file(), "finishing a cell leaves the other cell's snapshot"
     assert not (shared / whole.id).exists() and shared.is_dir(), "a cell removes its own snapshots and only those"
 
-    resumed = run_cell(killed.directory, killed.config(), killed.id)  # the requeued cell
+    resumed = run_cell(killed.directory, killed.config(), killed.id)["amdet"]  # the requeued cell
     assert resumed["status"] == "ok" and resumed["train_resumed_from_step"] == 2
     assert not (shared / killed.id).exists()

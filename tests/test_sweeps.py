@@ -95,7 +95,7 @@ def test_a_micro_study_calibrates_then_scores_and_records_everything(study):
     sweep_dir, _, summary = study
     assert summary["calibration"]["computed"] == 4 and summary["scored"]["computed"] == 2, summary
     assert (sweep_dir / "profiles" / "clip-h32.yaml").is_file()
-    results = [json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")]
+    results = [json.loads(p.read_text()) for p in sweep_dir.glob("*/detectors/amdet/result.json")]
     scored = [r for r in results if not r["cell"]["observe"]]
     assert {r["cell"]["kind"] for r in scored} == {"backdoor", "benign"} and all(r["status"] == "ok" for r in results)
     for r in scored:
@@ -113,10 +113,10 @@ def test_rerun_skips_finished_cells_and_resume_fills_exactly_the_gaps(study):
     sweep_dir, overrides, _ = study
     again = run_experiment(overrides, progress=False, report=False)
     assert again["scored"]["computed"] == 0 and again["calibration"]["computed"] == 0
-    victim = next(p for p in sweep_dir.glob("*/result.json")
+    victim = next(p for p in sweep_dir.glob("*/detectors/amdet/result.json")
                   if json.loads(p.read_text())["cell"] == {**json.loads(p.read_text())["cell"], "kind": "benign", "observe": False})
-    finished_mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/result.json") if p != victim}
-    victim.write_text(json.dumps({"status": "error", "reason": "killed"}))  # a cell that died midway
+    finished_mtimes = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/detectors/amdet/result.json") if p != victim}
+    victim.write_text(json.dumps({"schema": 2, "detector": "amdet", "status": "error", "reason": "killed"}))  # a cell that died midway
     summary = resume(sweep_dir, progress=False)
     assert summary["scored"]["computed"] == 1 and summary["scored"]["skipped"] == 1
     assert json.loads(victim.read_text())["status"] == "ok"
@@ -126,12 +126,12 @@ def test_rerun_skips_finished_cells_and_resume_fills_exactly_the_gaps(study):
 def test_a_finished_cell_made_with_other_settings_is_refused_neither_reused_nor_overwritten(study, tmp_path):
     sweep_dir, overrides, _ = study
     shutil.copytree(sweep_dir, tmp_path / "sweeps" / "embedded")
-    victim = next((tmp_path / "sweeps" / "embedded").glob("*/result.json"))
+    victim = next((tmp_path / "sweeps" / "embedded").glob("*/detectors/amdet/result.json"))
     record = json.loads(victim.read_text())
     victim.write_text(json.dumps({**record, "settings_key": "0" * 16}))  # as if made with another base
     before = victim.read_text()
     moved = [*(o for o in overrides if not o.startswith("paths.output_dir=")), f"paths.output_dir={tmp_path}"]
-    with pytest.raises(StaleResult, match=f"{re.escape(victim.parent.name)}.*move .* away to recompute"):
+    with pytest.raises(StaleResult, match=f"{re.escape(victim.parents[2].name)}.*move .* away to recompute"):
         run_experiment(moved, progress=False, report=False)
     assert victim.read_text() == before
 
@@ -152,7 +152,7 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
                               "attack.triggers.replaced_character='§'"], progress=False, report=False)
     failed = summary["scored"]["failed"]
     assert len(failed) == 1 and "cannot be carried" in failed[0]["reason"] and summary["scored"]["computed"] == 1
-    record = json.loads((tmp_path / "sweeps" / "embedded" / failed[0]["cell"] / "result.json").read_text())
+    record = json.loads((tmp_path / "sweeps" / "embedded" / failed[0]["cell"] / "detectors" / "amdet" / "result.json").read_text())
     assert record["status"] == "error" and "Traceback" in record["traceback"] and record["cell"]["kind"] == "backdoor"
 
 
@@ -162,8 +162,8 @@ def test_submitit_local_runs_the_same_cells_to_the_same_results(study, tmp_path)
     summary = run_experiment([*overrides[:-1], f"paths.output_dir={tmp_path}", "hydra/launcher=submitit_local",
                               "experiment.cells_per_task=2"], progress=False, report=False)
     assert summary["scored"]["computed"] == 2 and summary["calibration"]["computed"] == 4, summary
-    here = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
-    there = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/result.json")}
+    here = {p.parents[2].name: json.loads(p.read_text()) for p in sweep_dir.glob("*/detectors/amdet/result.json")}
+    there = {p.parents[2].name: json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/detectors/amdet/result.json")}
     assert here.keys() == there.keys()
     for name, r in here.items():
         assert (there[name]["verdict"], there[name]["score"]) == (r["verdict"], r["score"]), name
@@ -187,10 +187,10 @@ def test_worker_processes_compute_the_same_cells_and_record_a_failing_one(study,
     assert summary["calibration"]["computed"] == 0 and summary["scored"]["computed"] == 1, summary
     (failed,) = summary["scored"]["failed"]
     assert failed["cell"] == broken.id and "safetensors" in failed["reason"]
-    record = json.loads((broken.directory / "result.json").read_text())
+    record = json.loads((broken.directory / "detectors" / "amdet" / "result.json").read_text())
     assert record["status"] == "error" and "Traceback" in record["traceback"]
     (ok,) = (c for c in scored if c is not broken)
-    mine, theirs = (json.loads((d / ok.id / "result.json").read_text()) for d in (here, sweep_dir))
+    mine, theirs = (json.loads((d / ok.id / "detectors" / "amdet" / "result.json").read_text()) for d in (here, sweep_dir))
     assert (mine["verdict"], mine["score"]) == (theirs["verdict"], theirs["score"])
     assert mine["provenance"]["hardware"]["torch_threads"] == torch.get_num_threads()
 
@@ -218,7 +218,7 @@ def test_measure_times_one_cell_per_encoder_and_kind_and_plan_costs_with_it(tmp_
     out = capsys.readouterr().out
     assert "probes: 2 cells, 2 computed" in out, out  # one calibration cell of each kind, kept as done
     assert "(measured: 1 cells, cpu:" in out and "sweeps/costs.yaml" not in out.split("estimated cost")[1]
-    done = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/result.json")]
+    done = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/detectors/amdet/result.json")]
     assert sorted(r["cell"]["kind"] for r in done) == ["backdoor", "benign"] and all(r["cell"]["observe"] for r in done)
 
 
@@ -247,7 +247,7 @@ def test_two_launchers_on_one_sweep_compute_every_cell_once_and_both_end_complet
     assert [p.returncode for p in procs] == [0, 0], outputs
     counts = [[int(n) for n in re.findall(r"^(?:calibration|scored): \d+ cells, (\d+) computed", out, re.M)] for out in outputs]
     assert [a + b for a, b in zip(*counts)] == [4, 2], outputs  # calibration, scored: each cell once
-    results = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/result.json")]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/detectors/amdet/result.json")]
     assert len(results) == 6 and all(r["status"] == "ok" for r in results)
     assert not list((tmp_path / "sweeps" / "embedded").glob("*/claim.json")), "claims are released"
 
