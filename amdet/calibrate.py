@@ -151,7 +151,6 @@ def run(cfg: DictConfig) -> dict:
 
 def calibrate_to(out: Path, cfg: DictConfig) -> dict:
     """Scan each calibration model in observe mode (its result in out/scans/), fit, write the profile."""
-
     results = []
     for i, path in enumerate(calibration_models(cfg.job)):
         manifest = read_manifest(path)

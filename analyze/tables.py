@@ -171,8 +171,8 @@ def metric_table(df: pd.DataFrame, by: list[str], n_boot: int = 1000, seed: int 
     est = metrics.point(y, pred, score, masks)
     bounds = {name: metrics.interval(reps[name]) for name in metrics.CLASSIFICATION}
     judged = df[verdict].notna().to_numpy(dtype=bool) if len(df) else np.zeros(0, bool)
-    for name in ("P", "R", "F1"):  # a group of a detector that only scores has no P/R/F1
-        none = ~np.array([(m & judged).any() for m in masks], dtype=bool)
+    none = ~np.array([(m & judged).any() for m in masks], dtype=bool)  # groups of a detector that only scores
+    for name in ("P", "R", "F1"):  # have no P/R/F1
         for values in (est[name], bounds[name][0], bounds[name][1], reps[name].T):
             values[none] = np.nan
     rows = []

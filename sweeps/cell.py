@@ -246,9 +246,7 @@ def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
         load_s = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 — the cell's records must say it failed, and why
         for name in todo:
-            write_record(record_path(out, name).parent, {
-                **wrapper, "detector": name, "status": "error", "phase": "model", "reason": one_line(exc),
-                "traceback": traceback.format_exc(), "time_s": round(time.perf_counter() - t0, 2)})
+            write_error(out, name, wrapper, "model", one_line(exc), traceback.format_exc(), time.perf_counter() - t0)
         raise
     wrapper.update(training_record(model_dir, info), model_path=str(model_dir), anchor_path=str(source))
     failed = []
@@ -278,10 +276,7 @@ def detect(cfg: DictConfig, name: str, out: Path, model_dir: Path, anchor_dir: s
     try:
         found = detectors.run(cfg, name, model_dir, Path(anchor_dir), directory, context)
     except Exception as exc:  # noqa: BLE001 — recorded; the cell's other detectors still run
-        record = {**wrapper, "detector": name, "status": "error", "phase": "detect", "reason": one_line(exc),
-                  "traceback": traceback.format_exc(), "time_s": round(time.perf_counter() - t0, 2)}
-        write_record(directory, record)
-        return record
+        return write_error(out, name, wrapper, "detect", one_line(exc), traceback.format_exc(), time.perf_counter() - t0)
     record = {**wrapper, **found, "detector": name, "status": "ok", "settings_key": settings_key(cfg, name),
               "times": {**earlier_times, **found["times"]}}
     path = write_record(directory, record)
@@ -304,11 +299,14 @@ def training_record(model_dir: Path, info: dict) -> dict:
     return {"attack": metrics, "assimilation": {"clean": clean, "triggered": triggered}, **resumed}
 
 
-def attempt(cell: Cell, cfg: DictConfig | None = None, anchor=None) -> dict:
+def attempt(cell: Cell, cfg: DictConfig | None = None, anchors: dict | None = None) -> dict:
     """Compute one cell of a sweep under its claim; its status for the phase summary: ok, claimed
-    (another launcher holds it or finished it) or error (recorded in its records), with the reason."""
+    (another launcher holds it or finished it) or error (recorded in its records), with the reason.
+    `anchors`: the process's cache of loaded bases (anchor_for); without it the cell loads its own."""
     try:
-        compute_claimed(cell.directory, cfg or cell.config(), cell.id, anchor)
+        cfg = cfg or cell.config()
+        anchor = anchor_for(cfg, anchors) if anchors is not None else None
+        compute_claimed(cell.directory, cfg, cell.id, anchor)
         return {"cell": cell.id, "status": "ok"}
     except Claimed:
         return {"cell": cell.id, "status": "claimed"}
@@ -330,8 +328,17 @@ def record_dead(cell: Cell, reason: str) -> bool:
     the report list them; resume redoes them. A finished record is never touched (False: none written)."""
     cfg = cell.config()
     missing = [n for n in detectors.names(cfg) if not finished_record(cell.directory, n)]
+    about = {"experiment": cfg.experiment.name, "cell": cell_info(cfg, cell.id),
+             "config": OmegaConf.to_container(cfg, resolve=True)}
     for name in missing:
-        write_record(record_path(cell.directory, name).parent, {
-            "detector": name, "status": "error", "phase": "job", "reason": reason, "experiment": cfg.experiment.name,
-            "cell": cell_info(cfg, cell.id), "config": OmegaConf.to_container(cfg, resolve=True)})
+        write_error(cell.directory, name, about, "job", reason)
     return bool(missing)
+
+
+def write_error(out: Path, detector: str, about: dict, phase: str, reason: str, trace: str | None = None,
+                seconds: float | None = None) -> dict:
+    """Write (and return) the error record of one detector of the cell: the phase that failed and why."""
+    record = {**about, "detector": detector, "status": "error", "phase": phase, "reason": reason,
+              **({"traceback": trace} if trace else {}), **({"time_s": round(seconds, 2)} if seconds is not None else {})}
+    write_record(record_path(out, detector).parent, record)
+    return record

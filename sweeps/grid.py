@@ -30,8 +30,8 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 class Cell:
     overrides: tuple[str, ...]  # what `python launch.py` would be given for this one cell
     directory: Path
-    calibration: bool = False
-    detectors: tuple[str, ...] = ("amdet",)  # the experiment's cell.detectors: a cell is done when each has a record
+    calibration: bool  # an observing cell of the calibration grid
+    detectors: tuple[str, ...]  # the experiment's cell.detectors: a cell is done when each has a record
 
     @property
     def id(self) -> str:

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from core.bases import base_source
-from sweeps.cell import anchor_for, attempt, record_dead
+from sweeps.cell import attempt, record_dead
 from sweeps.grid import Cell
 
 _anchors: dict = {}  # per process: one frozen base per (encoder, device)
@@ -53,8 +53,7 @@ def in_process(todo: list[Cell], progress: bool, desc: str) -> Iterator[dict]:
     bar = tqdm(todo, desc=desc, disable=not progress, unit="cell")
     for cell in bar:
         bar.set_postfix_str(cell.id[-60:])
-        cfg = cell.config()
-        yield attempt(cell, cfg, anchor_for(cfg, _anchors))
+        yield attempt(cell, anchors=_anchors)
 
 
 def _start_worker(threads: int) -> None:
@@ -69,11 +68,7 @@ def _run_one(cell: Cell) -> dict:
     cfg = cell.config()
     with open_dict(cfg):
         cfg.threads = _threads  # the cell sets the same count again (not SLURM_CPUS_PER_TASK's)
-    try:
-        anchor = anchor_for(cfg, _anchors)
-    except Exception:  # noqa: BLE001 — attempt records the failure in the cell's result.json
-        anchor = None
-    return attempt(cell, cfg, anchor)
+    return attempt(cell, cfg, _anchors)
 
 
 def build_bases(cells: list[Cell], progress: bool) -> None:

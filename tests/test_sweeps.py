@@ -267,3 +267,17 @@ def test_a_claim_of_a_live_process_is_respected_and_one_of_a_dead_process_taken_
     with claim(cell):  # its owner is gone: taken over
         assert json.loads((cell / CLAIM).read_text())["pid"] == os.getpid()
     assert not (cell / CLAIM).exists()
+
+
+def test_a_cell_whose_base_cannot_be_loaded_is_a_failure_of_that_cell_not_of_the_sweep(tmp_path, monkeypatch):
+    import sweeps.cell
+    from sweeps.local import in_process
+
+    def broken(cfg, anchors):
+        raise OSError("base directory unreadable")
+
+    monkeypatch.setattr(sweeps.cell, "anchor_for", broken)
+    _, cells, _ = plan([*MICRO_STUDY, f"paths.output_dir={tmp_path}", "experiment.calibration_seeds=null"])
+    statuses = list(in_process(cells, progress=False, desc="cells"))
+    assert [s["status"] for s in statuses] == ["error"] * len(cells) == ["error", "error"]
+    assert all("base directory unreadable" in s["reason"] for s in statuses)
