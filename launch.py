@@ -23,7 +23,7 @@ JOBS = {
     "bases": "core.jobs:build_bases",
     "attack": "attacks.job:run",
     "benign": "benign_ft.job:run",
-    "scan": "amdet.job:run",
+    "scan": "evaluation.job:run",  # AMDET's scan, then its evaluation against the ground truth
     "calibrate": "amdet.calibrate:run",
     "cell": "sweeps.cell:run",
     "study": "sweeps.study:run",

@@ -38,6 +38,7 @@ from amdet.checks import CheckThresholds
 from amdet.job import scan_to  # the one-model scan, run in observe mode
 from amdet.profiles import model_identity, profile_name
 from core.store import MANIFEST, atomic_write, read_manifest
+from evaluation.truth import ground_truth  # calibration is fitted on labelled models: it reads their labels
 
 log = logging.getLogger("amdet")
 
@@ -162,6 +163,7 @@ def calibrate_to(out: Path, cfg: DictConfig) -> dict:
             results.append(done)
         else:
             results.append(scan_to(target, scan_cfg, observe=True))
+        results[-1]["truth"] = ground_truth(path)
     profile = fit_profile(results, cfg)
     target = Path(cfg.job.out) if cfg.job.out else Path(cfg.paths.profiles_dir) / f"{profile['profile']}.yaml"
     return {**profile, "path": str(write_profile(target, profile))}
@@ -193,7 +195,8 @@ def fit_profile(results: list[dict], cfg: DictConfig) -> dict:
         "score_cut": score_cut,
         "calibration": {
             "written": datetime.datetime.now().isoformat(timespec="seconds"),
-            "models": [model_identity(r["model_path"]) | {"config_hash": r["truth"].get("config_hash")} for r in results],
+            "models": [(r.get("model_identity") or model_identity(r["model_path"]))
+                       | {"kind": r["truth"]["kind"], "config_hash": r["truth"].get("config_hash")} for r in results],
             "counts": {k: len(v) for k, v in groups.items()},
             "paradigms": paradigms,  # a defender does not know the attack: calibrate on every paradigm
             "fit": report,

@@ -1,9 +1,9 @@
-"""`python launch.py job=scan scan.model_path=DIR scan.anchor_path=DIR0 hydra.run.dir=OUT`.
-
-Scans one HF-format text encoder against its clean anchor and writes OUT/result.json with the
-verdict, the score, the thresholds used and their source, every check's log, per-phase times and
-provenance. Any failure (a mismatched or corrupt model, NaNs) ends in a result.json with
-`status: "error"` and the reason, never in a half-written result.
+"""AMDET's scan of one HF-format text encoder against its clean anchor (what `job=scan` and
+`job=calibrate` run; in a sweep, amdet/detector.py): OUT/result.json with the verdict, the score, the
+thresholds used and their source, every check's log, per-phase times and provenance. Any failure (a
+mismatched or corrupt model, NaNs) ends in a result.json with `status: "error"` and the reason,
+never in a half-written result. The scan sees the model and its anchor only: the ground truth is
+evaluation's (evaluation/), after the scan.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from amdet.checks import CheckThresholds, observing
-from amdet.fidelity import trigger_similarities
 from amdet.inversion import LossWeights
 from amdet.landscape import LandscapeConfig
 from amdet.outputs import write_artifacts
-from amdet.profiles import check_disjoint, find_profile, load_profile, overridden_checks, profile_checks, require_file
+from amdet.profiles import (check_disjoint, find_profile, load_profile, model_identity, overridden_checks, profile_checks,
+                            require_file)
 from amdet.scan import ScanConfig, scan_regimes
 from core.encoders import TextEncoder
 from core.errors import one_line
@@ -33,10 +33,11 @@ from core.records import write_record
 from core.settings import from_config
 from core.snapshot import snapshots_for
 from core.drift import drift
-from core.store import MANIFEST, read_manifest, write_lines_atomic
+from core.store import write_lines_atomic
 
 log = logging.getLogger("amdet")
 SHALLOW_PROMPTS = "shallow_prompts.txt"  # beside result.json: the prompts the scan used, one per line
+HELD_OUT_PROMPTS = "held_out_prompts.txt"  # the shallow prompts the inversion never saw (evaluation measures Sim on them)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -103,26 +104,6 @@ def scan_config(s: DictConfig, thresholds: CheckThresholds) -> ScanConfig:
     )
 
 
-def ground_truth(model_path: str, model: TextEncoder, found: dict) -> tuple[dict | None, float | None]:
-    """What the model store knows of the model (nothing for a bare HF directory) and, for a
-    backdoored model, Sim of the reversed feature against each real trigger (best of them)."""
-    if not (Path(model_path) / MANIFEST).is_file():
-        return None, None
-    m = read_manifest(model_path)
-    truth = {"kind": m.get("kind"), "encoder": m.get("encoder"), "seed": m.get("seed"), "config_hash": m.get("config_hash")}
-    if m.get("kind") == "benign":
-        truth.update(run_id=m.get("run_id"), step=m.get("step"))
-    if m.get("kind") != "backdoor":
-        return truth, None
-    backdoors = m.get("backdoors", [])
-    truth.update(paradigm=m.get("paradigm"), triggers=[b["trigger"]["text"] for b in backdoors],
-                 targets=[b["target"]["text"] for b in backdoors])
-    sims = trigger_similarities(model, found["v"], backdoors, found["test_prompts"])
-    truth["sims"] = sims
-    known = [x for x in sims if x is not None]
-    return truth, (max(known) if known else None)
-
-
 def shallow_source(cfg: DictConfig) -> DictConfig:
     """The shallow dataset's prompt source: scan.source names a conf/prompts option; null = `prompts`."""
     name = cfg.scan.get("source")
@@ -140,10 +121,6 @@ def check_paths(s: DictConfig) -> None:
         raise ValueError("give the model to scan and its clean anchor: scan.model_path=DIR scan.anchor_path=DIR")
     if s.thresholds:
         require_file(s.thresholds)
-
-
-def run(cfg: DictConfig) -> dict:
-    return scan_to(Path(HydraConfig.get().runtime.output_dir), cfg)
 
 
 def scan_to(out: Path, cfg: DictConfig, observe: bool = False) -> dict:
@@ -171,7 +148,7 @@ def scan_to(out: Path, cfg: DictConfig, observe: bool = False) -> dict:
 
 
 def summary_line(result: dict) -> str:
-    sim = result.get("sim")
+    sim = result.get("sim")  # present once evaluation has added it
     sim_text = f", Sim {sim:.3f}" if sim is not None else ""
     verdicts = ", ".join(f"{k} {v}" for k, v in (result["verdicts"] or {}).items() if v)
     return (f"{verdicts or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
@@ -205,12 +182,11 @@ def scan(out: Path, cfg: DictConfig, model: TextEncoder, anchor: TextEncoder, ob
     found, scan_times, _ = scan_regimes(model, anchor, prompts, configs, cfg.progress, snapshots)
     primary = found[order[0]]
     files = write_artifacts(out, primary)
+    write_lines_atomic(out / HELD_OUT_PROMPTS, primary["test_prompts"])
+    files["held_out_prompts"] = HELD_OUT_PROMPTS
     for name in order[1:]:
         write_artifacts(out / "regimes" / name, found[name])
-    scan_s = time.perf_counter() - t0  # the detection's cost; Sim and the floor below are evaluation
-    t = time.perf_counter()
-    truth, sim = ground_truth(s.model_path, model, primary)
-    sim_s = time.perf_counter() - t
+    scan_s = time.perf_counter() - t0  # the detection's cost; the floor below is a statistic of the model
     t = time.perf_counter()
     floor = drift(model, anchor, primary["test_prompts"])
     floor_s = time.perf_counter() - t
@@ -219,6 +195,8 @@ def scan(out: Path, cfg: DictConfig, model: TextEncoder, anchor: TextEncoder, ob
     result = {
         "status": "ok",
         "model": {"family": model.family.name, "hidden_size": model.hidden_size, "max_length": model.max_length},
+        # a calibration scan names its model by path and weights, so a profile refuses to score it
+        **({"model_identity": model_identity(s.model_path)} if observe else {}),
         "verdict": None if observe else primary["verdict"],  # an observing scan decides nothing
         "verdicts": None if observe else {PAPER: found[PAPER]["verdict"],
                                           CALIBRATED: found[CALIBRATED]["verdict"] if CALIBRATED in found else None},
@@ -230,8 +208,6 @@ def scan(out: Path, cfg: DictConfig, model: TextEncoder, anchor: TextEncoder, ob
         "final_assimilation": primary["final_assimilation"],
         "score_cut": cut,
         "score_verdict": None if cut is None else ("backdoor" if primary["score"] > cut else "benign"),
-        "sim": sim,
-        "truth": truth,
         "floor": floor,
         "landscape_ratio": primary["landscape_ratio"],
         "best_running_loss": primary["best_running_loss"],
@@ -242,7 +218,7 @@ def scan(out: Path, cfg: DictConfig, model: TextEncoder, anchor: TextEncoder, ob
         "checks": primary["checks"],
         "shallow": {**primary["shallow"], **shallow_desc, "file": SHALLOW_PROMPTS},
         "files": files,
-        "times": {k: round(v, 3) for k, v in {**times, "sim_s": sim_s, "floor_s": floor_s}.items()},
+        "times": {k: round(v, 3) for k, v in {**times, "floor_s": floor_s}.items()},
         "detection_s": round(sum(scan_times.values()), 2),  # the detector's own phases, every regime
         "time_s": round(scan_s, 2),  # one detection: prompts, the scans, their artefacts
     }

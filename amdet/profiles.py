@@ -7,21 +7,24 @@ A profile is a YAML file written by `job=calibrate`:
     hidden_size: 96
     checks: {assim_ratio: ..., same_ratio: ..., ..., loss_start: ..., loss_stop: ...}
     score_cut: 0.66             # score > cut ⇒ backdoor, for a verdict from the continuous score
-    calibration: {models: [{path, kind, config_hash}, ...], fit: {...}, scan: {...}}
+    calibration: {models: [{path, weights_sha256, kind}, ...], fit: {...}, scan: {...}}
 
 A scan uses, in order: `scan.thresholds=FILE`; the profile in `paths.profiles_dir` that matches the
 model's family and hidden size; the paper's CLIP-L values in `scan.checks`. Models a profile was
-calibrated on cannot be scored with it.
+calibrated on cannot be scored with it: a model is known by its path and its weights' hash, never by
+the store's manifest, which a detector does not read.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from core.provenance import config_hash
-from core.store import MANIFEST, read_manifest
+
+WEIGHTS = "model.safetensors"
 
 
 def profile_name(family: str, hidden_size: int) -> str:
@@ -77,21 +80,25 @@ def find_profile(profiles_dir: str | Path | None, family: str, hidden_size: int)
 
 
 def model_identity(model_path: str | Path) -> dict:
-    """What identifies a model across copies: its resolved path and, for stored models, its config hash."""
-    ident = {"path": str(Path(model_path).resolve())}
-    if (Path(model_path) / MANIFEST).is_file():
-        manifest = read_manifest(model_path)
-        ident["config_hash"] = manifest.get("config_hash")
-        ident["kind"] = manifest.get("kind")
-    return ident
+    """What identifies a model across copies: its resolved path and the SHA-256 of its weights."""
+    weights = Path(model_path) / WEIGHTS
+    return {"path": str(Path(model_path).resolve()), "weights_sha256": file_sha256(weights) if weights.is_file() else None}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_disjoint(profile: dict, model_path: str | Path, where: str) -> None:
-    """Refuse to score a model with a profile that was calibrated on it."""
+    """Refuse to score a model with a profile that was calibrated on it (the same path or weights)."""
     me = model_identity(model_path)
     for used in profile.get("calibration", {}).get("models", []):
         same_path = used.get("path") == me["path"]
-        same_model = me.get("config_hash") and used.get("config_hash") == me.get("config_hash")
+        same_model = me["weights_sha256"] and used.get("weights_sha256") == me["weights_sha256"]
         if same_path or same_model:
             raise ValueError(
                 f"model {model_path} was a calibration model of {where}; calibration and scored models must be "

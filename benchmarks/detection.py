@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from amdet.calibrate import calibrate_to
-    from amdet.job import scan_to
+    from evaluation.job import scan_to  # AMDET's scan, then its evaluation (truth, Sim)
     from amdet.profiles import profile_name
     from core.tiny.bases import base_path
 

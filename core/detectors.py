@@ -11,7 +11,8 @@ A detector sees the model and its clean anchor, never the ground truth.
 
 Keys the harness reads and does not pass on: `reads` (the config groups besides the detector's own
 node that its result depends on, e.g. AMDET's [scan, losses]) and `profiles` (true: it is scored
-with calibrated threshold profiles, which its results' settings key then covers).
+with calibrated threshold profiles, which its results' settings key then covers; only such
+detectors run in calibration cells).
 """
 
 from __future__ import annotations
@@ -36,8 +37,16 @@ class Context:
     observe: bool = False  # a calibration cell: record statistics, decide nothing
 
 
-def names(cfg: DictConfig) -> list[str]:
+def listed(cfg: DictConfig) -> list[str]:
     return [str(n) for n in cfg.cell.detectors]
+
+
+def names(cfg: DictConfig) -> list[str]:
+    """The detectors a cell runs: cell.detectors; in a calibration cell (cell.observe) only those scored
+    with calibrated profiles, since fitting profiles is all a calibration cell is for."""
+    if not cfg.cell.get("observe"):
+        return listed(cfg)
+    return [n for n in listed(cfg) if (OmegaConf.select(cfg, f"detector.{n}") or {}).get("profiles")]
 
 
 def search_dirs(searchpath) -> list[Path]:
@@ -55,7 +64,7 @@ def search_dirs(searchpath) -> list[Path]:
 def resolve(cfg: DictConfig, searchpath=None) -> DictConfig:
     """cfg with a `detector.<name>` node for every name in cell.detectors: the built-in ones composed with
     the config, the others loaded from `detector/<name>.yaml` on the search path."""
-    missing = [n for n in names(cfg) if OmegaConf.select(cfg, f"detector.{n}") is None]
+    missing = [n for n in listed(cfg) if OmegaConf.select(cfg, f"detector.{n}") is None]
     if not missing:
         return cfg
     with open_dict(cfg):

@@ -1,6 +1,7 @@
-"""`python launch.py job=cell ...`: one cell of a sweep — make one model, run every detector in
-`cell.detectors` on it, write one record per detector. What every executor of a sweep runs
-(`attempt`: one cell, one status), below them in the imports.
+"""`python launch.py job=cell ...`: one cell of a sweep — make one model of `cell.kind` (sweeps/kinds.py),
+run every detector in `cell.detectors` on it, evaluate each detection against the ground truth
+(evaluation/), write one record per detector. What every executor of a sweep runs (`attempt`: one
+cell, one status), below them in the imports.
 
     <cell dir>/model/                          the backdoored or benign model (weights dropped when cell.keep_model=false)
     <cell dir>/detectors/<name>/result.json    one record per detector (core/records.py): verdict, score, times,
@@ -24,25 +25,21 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from filelock import FileLock
-
 from amdet.job import explicit_checks
 from amdet.profiles import profiles_fingerprint
-from attacks.job import run as attack
-from attacks.triggers import MAX_LENGTH
-from benign_ft.job import checkpoint_dirs, run as benign
 from core import detectors
 from core.bases import base_source
 from core.errors import one_line
 from core.loading import load_encoder
 from core.provenance import compute_record, config_hash, provenance, settings_hash
 from core.records import RECORD, RecordError, read_record, write_record
-from core.store import model_settings_key, read_manifest
+from core.store import read_manifest
 from core.threads import set_threads
+from evaluation.evaluate import evaluate
 from sweeps.claim import Claimed, claim
 from sweeps.grid import Cell
 from sweeps.validate import validate
-from sweeps import tracking
+from sweeps import kinds, tracking
 from sweeps.naming import cell_dirname
 
 DETECTORS_DIR = "detectors"
@@ -57,7 +54,7 @@ def run(cfg: DictConfig) -> dict:
 # what a cell's model depends on; the rest (paths, job, progress, threads, wandb, snapshots, ...) does not
 MODEL_SETTINGS = ("encoder", "training", "prompts", "pools", "attack", "benign", "cell", "seed")
 # how, not what: an early-exiting check pass reaches the same verdicts, score and v; which detectors run
-NOT_RESULT = ("cell.keep_model", "cell.detectors", "scan.landscape.batch", "scan.inversion.check_early_exit",
+NOT_RESULT = ("cell.keep_model", "cell.detectors", "cell.kinds", "scan.landscape.batch", "scan.inversion.check_early_exit",
               "scan.explicit_checks")
 
 
@@ -114,15 +111,7 @@ def finished(out: Path, cfg: DictConfig | None = None, names: list[str] | tuple[
     return records if names and all(records.values()) else None
 
 
-def benign_seed(cfg: DictConfig) -> int:
-    """A benign cell's fine-tuning seed, distinct for every grid slot (paradigm, trigger length, seed)
-    it fills, so that a grid's benign models are all different."""
-    slot = {"paradigm": cfg.attack.paradigm, "length": cfg.attack.triggers.length, "seed": cfg.seed}
-    return int(config_hash(slot, 8), 16) % 2**31
-
-
 def cell_info(cfg: DictConfig, cell_id: str) -> dict:
-    a, backdoor = cfg.attack, cfg.cell.kind == "backdoor"
     return {
         "id": cell_id,
         "kind": cfg.cell.kind,
@@ -130,65 +119,11 @@ def cell_info(cfg: DictConfig, cell_id: str) -> dict:
         "encoder": cfg.encoder.name,
         "family": cfg.encoder.family,
         # a benign cell fills a (paradigm, length, seed) slot of the grid: it is a negative of that row
-        "paradigm": a.paradigm,
-        "trigger_level": a.triggers.level if backdoor else None,
-        "trigger_length": int(a.triggers.length) if backdoor else None,
-        "trigger_count": int(a.triggers.count) if backdoor else None,
-        "similarity": a.similarity if backdoor else None,
-        "adaptive_mu": float(a.adaptive_mu) if backdoor else None,
+        "paradigm": cfg.attack.paradigm,
+        **kinds.of(cfg).coordinates(cfg),
         "seed": int(cfg.seed),
         "variant": {k: OmegaConf.select(cfg, k) for k in cfg.experiment.get("variant", None) or []},
     }
-
-
-PARADIGMS = ("text_on_text", "text_on_pair")
-RUNS_DIR = "benign_runs"  # beside a sweep's cells: the benign fine-tuning runs their checkpoints come from
-
-
-def benign_checkpoint(cfg: DictConfig) -> int:
-    """The step of the shared run whose checkpoint fills a benign cell's grid slot: slot k (paradigm-major,
-    then trigger length) takes checkpoint k + 1, so each (paradigm, length) of one seed gets its own
-    checkpoint and a grid asks a run for its checkpoints in increasing order."""
-    slot = PARADIGMS.index(cfg.attack.paradigm) * MAX_LENGTH + int(cfg.attack.triggers.length) - 1
-    return (slot + 1) * int(cfg.benign.checkpoint_every)
-
-
-def make_model(cfg: DictConfig, out: Path, anchor) -> Path:
-    """Make the cell's model and return its directory: a backdoor in <out>/model; a benign model as the
-    paper makes them, a checkpoint of a fine-tuning run shared by the sweep's benign cells of one seed
-    (<sweep>/benign_runs/<run>/step*, benign.mode=checkpoints), or with benign.mode=independent a run of
-    its own in <out>/model. Stored models are reused; one whose weights a finished attempt dropped is
-    made again (same settings, same model)."""
-    cfg = cfg.copy()
-    if cfg.cell.kind == "benign" and cfg.benign.mode == "checkpoints":
-        with open_dict(cfg):
-            cfg.job.out = str(out.parent / RUNS_DIR / benign_run_name(cfg))
-        step = benign_checkpoint(cfg)
-        model_dir = checkpoint_dirs(cfg, {step})[step]
-        with FileLock(f"{cfg.job.out}.lock"):  # one job trains a run at a time; the others wait and reuse it
-            drop_stale_weights(model_dir)
-            benign(cfg, anchor=anchor, steps={step})
-        return model_dir
-    model_dir = out / "model"
-    drop_stale_weights(model_dir)
-    with open_dict(cfg):
-        cfg.job.out = str(model_dir)
-        if cfg.cell.kind == "backdoor":
-            attack(cfg, anchor=anchor)
-        else:
-            cfg.seed = benign_seed(cfg)  # independent mode: its own run, distinct for every grid slot
-            benign(cfg, anchor=anchor)
-    return model_dir
-
-
-def benign_run_name(cfg: DictConfig) -> str:
-    """The shared run's directory name: the encoder and the settings key of the run."""
-    return f"{cfg.encoder.name}-seed{cfg.seed}-{model_settings_key(cfg, 'benign')[:10]}"
-
-
-def drop_stale_weights(model_dir: Path) -> None:
-    if model_dir.exists() and not (model_dir / "model.safetensors").exists():
-        shutil.rmtree(model_dir)  # weights dropped by an earlier attempt: made again
 
 
 def run_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
@@ -239,7 +174,7 @@ def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
         source = base_source(cfg.encoder, cfg.progress)
         anchor = anchor or load_encoder(source, cfg.device)
         t = time.perf_counter()
-        model_dir = make_model(cfg, out, anchor)
+        model_dir = kinds.of(cfg).make(cfg, out, anchor)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         model = load_encoder(model_dir, cfg.device)
@@ -277,8 +212,12 @@ def detect(cfg: DictConfig, name: str, out: Path, model_dir: Path, anchor_dir: s
         found = detectors.run(cfg, name, model_dir, Path(anchor_dir), directory, context)
     except Exception as exc:  # noqa: BLE001 — recorded; the cell's other detectors still run
         return write_error(out, name, wrapper, "detect", one_line(exc), traceback.format_exc(), time.perf_counter() - t0)
-    record = {**wrapper, **found, "detector": name, "status": "ok", "settings_key": settings_key(cfg, name),
-              "times": {**earlier_times, **found["times"]}}
+    try:  # the detection against the ground truth: after the detector, never seen by it
+        scored = evaluate(cfg, model_dir, model, found, directory)
+    except Exception as exc:  # noqa: BLE001
+        return write_error(out, name, wrapper, "evaluate", one_line(exc), traceback.format_exc(), time.perf_counter() - t0)
+    record = {**wrapper, **found, "truth": scored["truth"], "sim": scored["sim"], "detector": name, "status": "ok",
+              "settings_key": settings_key(cfg, name), "times": {**earlier_times, **found["times"], "eval_s": scored["eval_s"]}}
     path = write_record(directory, record)
     print(f"{name}: {record['verdict'] or 'no verdict'} (score {record['score']:.3f}, {record['time_s']:.1f} s) → {path}")
     return record

@@ -100,10 +100,14 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[Cell], list[Cell]]:
     params = dict(cfg.hydra.sweeper.params or {})
     names = tuple(detectors.names(cfg))
     scored = [Cell(tuple(job), sweep_dir / dirname(job, exclude), False, names) for job in expand(params, overrides)]
+    observing = cfg.copy()
+    with open_dict(observing):
+        observing.cell.observe = True
+    observed = tuple(detectors.names(observing))  # calibration cells run the profiled detectors only
     calibration = []
     seeds = cfg.experiment.get("calibration_seeds")
     if seeds:
         extra = [f"seed={seeds}", "cell.observe=true", *(cfg.experiment.get("calibration_overrides") or [])]
         for job in expand(params, list(overrides) + extra):
-            calibration.append(Cell(tuple(job), sweep_dir / dirname(job, exclude), True, names))
+            calibration.append(Cell(tuple(job), sweep_dir / dirname(job, exclude), True, observed))
     return cfg, scored, calibration

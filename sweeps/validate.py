@@ -15,16 +15,15 @@ from benign_ft.job import hparams as benign_hparams
 from core import detectors
 from core.provenance import PRECISIONS
 from core.snapshot import check_every_s
+from sweeps import kinds
 
-KINDS = ("backdoor", "benign")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ValueError for the first bad setting of a cell (attack, benign run, scan)."""
-    for name in detectors.names(cfg):  # each one registered, with a _target_
+    for name in detectors.listed(cfg):  # each one registered, with a _target_
         detectors.config(cfg, name)
-    if cfg.cell.kind not in KINDS:
-        raise ValueError(f"unknown cell.kind '{cfg.cell.kind}'; choose one of {', '.join(KINDS)}")
+    kinds.of(cfg)  # registered, with a _target_
     a = cfg.attack
     check_paradigm(a.paradigm)
     similarity_fn(a.similarity)

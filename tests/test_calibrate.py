@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 from omegaconf import OmegaConf
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from amdet.checks import observing
 from amdet.calibrate import OFF, calibrate_to, fit, model_statistics, split, write_profile
 from amdet.checks import CheckThresholds
-from amdet.job import scan_to
+from evaluation.job import scan_to  # the scan, then its evaluation (truth, Sim)
 from core.store import save_model
 from core.tiny.architectures import random_encoder
 from tests.helpers import compose_config, micro_arch
@@ -106,6 +107,11 @@ def test_calibrate_writes_a_profile_that_scans_pick_up_and_that_refuses_its_own_
     with pytest.raises(ValueError, match="calibration and scored models must be disjoint"):
         scan_to(tmp_path / "again", scan_cfg(store / "store" / "m4", store / "anchor", profiles=profiles))
     assert json.loads((tmp_path / "again" / "result.json").read_text())["status"] == "error"
+    copy = tmp_path / "copy"  # elsewhere and without the store's manifest: known by its weights
+    shutil.copytree(store / "store" / "m4", copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="calibration and scored models must be disjoint"):
+        scan_to(tmp_path / "copy-scan", scan_cfg(copy, store / "anchor", profiles=profiles))
 
 
 def test_calibration_refuses_a_directory_without_models(tmp_path, store):

@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from baselines import gcg
+from core.detectors import Context
+
 from sweeps.__main__ import main as sweeps_main
+from tests.helpers import compose_config
 from tests.test_imports import graph, modules
 
 SMOKE = ["experiment=smoke"]
+CONF = Path(__file__).resolve().parents[1] / "conf"
 MINE = '''
 import time
 from core.drift import weight_distance
@@ -74,11 +84,13 @@ def test_adding_a_detector_to_a_finished_sweep_retrains_nothing_and_writes_only_
     capsys.readouterr()
     assert sweeps_main(["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet,output_drift]"]) == 0
     printed = capsys.readouterr().out
-    assert "scored: 4 cells, 4 computed" in printed and "calibration: 8 cells, 8 computed" in printed
+    # calibration cells run the profiled detectors only (AMDET): nothing new for them to do
+    assert "scored: 4 cells, 4 computed" in printed and "calibration: 8 cells, 0 computed, 8 already done" in printed
     assert "ASR" not in printed and "benign step" not in printed, "no attack or fine-tuning ran"
     assert {p: p.stat().st_mtime_ns for p in sweep.rglob("model.safetensors")} == models, "no model retrained"
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/detectors/amdet/result.json")} == amdet
-    assert len(list(sweep.glob("*/detectors/output_drift/result.json"))) == 12
+    assert len(list(sweep.glob("*/detectors/output_drift/result.json"))) == 4
+    assert not list(sweep.glob("*cell.observe=True*/detectors/output_drift")), "a baseline never runs in a calibration cell"
     assert sweeps_main(["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet,output_drift]"]) == 0
     assert "scored: 4 cells, 0 computed, 4 already done" in capsys.readouterr().out
 
@@ -90,15 +102,48 @@ def test_an_unknown_detector_fails_before_any_cell_naming_it_and_where_it_was_lo
     assert not list(tmp_path.rglob("result.json"))
 
 
-@pytest.mark.parametrize("package", ["baselines"])
-def test_a_baseline_detector_never_sees_ground_truth(package):
-    """No detector module imports the attack or benign code, or the store's manifest reader. (AMDET still
-    computes Sim against the true trigger inside its scan; moving that to an evaluation step is open.)"""
-    edges, _ = graph()
-    paths = modules()
-    for module, deps in edges.items():
-        if module == package or module.startswith(package + "."):
-            assert not {d for d in deps if d.split(".")[0] in ("attacks", "benign_ft")}, module
-            names = {a.name for n in ast.walk(ast.parse(paths[module].read_text())) if isinstance(n, ast.ImportFrom)
-                     for a in n.names}
-            assert "read_manifest" not in names, module
+def closure(module: str, edges: dict[str, set[str]]) -> set[str]:
+    """The project modules `module` imports, directly or through others."""
+    seen, todo = set(), [module]
+    while todo:
+        for dep in edges.get(todo.pop(), ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+@pytest.mark.parametrize("detector", sorted(p.stem for p in (CONF / "detector").glob("*.yaml")))
+def test_a_detector_never_sees_ground_truth(detector):
+    """Nothing a registered detector's function imports, however indirectly, is the attack or benign code,
+    the evaluation step, or the store's manifest: the truth meets the detection only in evaluation/."""
+    target = OmegaConf.load(CONF / "detector" / f"{detector}.yaml")["_target_"]
+    edges, paths = graph()[0], modules()
+    module = target.rpartition(".")[0]
+    reached = closure(module, edges) | {module}
+    assert len(reached) > 3 and module in paths, "the walk finds the detector's module and what it imports"
+    forbidden = {m for m in reached if m.split(".")[0] in ("attacks", "benign_ft", "evaluation")}
+    assert not forbidden, f"detector {detector} ({module}) reaches {sorted(forbidden)}"
+    for m in reached:
+        names = {a.name for n in ast.walk(ast.parse(paths[m].read_text())) if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert not names & {"read_manifest", "MANIFEST"}, f"detector {detector} reaches the manifest through {m}"
+
+
+def test_the_discrete_trigger_search_is_deterministic_and_writes_its_trigger_as_a_reversed_feature(tmp_path, micro_encoder):
+    from_base = micro_encoder  # the base scanned against itself: a search that runs, not one that finds anything
+    cfg = compose_config("progress=false")
+    context = Context(cfg=cfg, model=from_base, anchor=from_base)
+    kw = dict(tokens=2, steps=4, top_k=8, candidates=8, batch=4, prompts=20, weights=dict(cfg.scan.weights))
+    for d in "ab":
+        (tmp_path / d).mkdir()
+    first = gcg.detect(tmp_path, tmp_path, tmp_path / "a", context, **kw)
+    second = gcg.detect(tmp_path, tmp_path, tmp_path / "b", context, **kw)
+    assert first["token_ids"] == second["token_ids"] and first["score"] == second["score"], "same seed, same search"
+    assert len(first["losses"]) == 4 and all(math.isfinite(x) for x in first["losses"])
+    assert (tmp_path / "a" / "trigger.txt").read_text().strip() == first["trigger"]
+    v = load_file(str(tmp_path / "a" / first["files"]["v"]))["v"]
+    assert v.shape == (2, from_base.hidden_size) and first["verdict"] is None and 0 < first["score"] <= 1
+    special = set(from_base.tokenizer.all_special_ids)
+    assert not special & set(first["token_ids"]), "never BOS, EOS or padding"
+    with pytest.raises(ValueError, match="detector.gcg.steps must be positive"):
+        gcg.detect(tmp_path, tmp_path, tmp_path / "c", context, **{**kw, "steps": 0})

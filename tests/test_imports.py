@@ -8,7 +8,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("amdet", "analyze", "attacks", "baselines", "benign_ft", "core", "sweeps")
+PACKAGES = ("amdet", "analyze", "attacks", "baselines", "benign_ft", "core", "evaluation", "sweeps")
 
 
 def modules() -> dict[str, Path]:

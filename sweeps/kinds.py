@@ -1,0 +1,110 @@
+"""Model kinds: what a cell makes, chosen by `cell.kind` from `cell.kinds` (conf/cell/default.yaml),
+where each kind names its class by `_target_`. A kind has one interface:
+
+    make(cfg, out, anchor) -> Path     make the model (or find it in the store); its directory
+    coordinates(cfg) -> dict           the kind's own coordinates of the cell (a trigger's, or none)
+
+Built in: `backdoor` (an attack of `attack`) and `benign` (a fine-tune of `benign`). A new kind
+(e.g. a prompt-tuned classifier) is a class and one line in `cell.kinds`, not an `if` in the cell.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from filelock import FileLock
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from attacks.job import run as attack
+from attacks.targets import PARADIGMS
+from attacks.triggers import MAX_LENGTH
+from benign_ft.job import checkpoint_dirs, run as benign
+from core.provenance import config_hash
+from core.store import model_settings_key
+
+RUNS_DIR = "benign_runs"  # beside a sweep's cells: the benign fine-tuning runs their checkpoints come from
+
+
+def of(cfg: DictConfig):
+    """The kind `cell.kind` names, instantiated from `cell.kinds`."""
+    registered = cfg.cell.get("kinds") or {}
+    if cfg.cell.kind not in registered:
+        raise ValueError(f"unknown cell.kind '{cfg.cell.kind}'; choose one of {', '.join(registered)} "
+                         "(or register one in cell.kinds with a _target_)")
+    return instantiate(registered[cfg.cell.kind])
+
+
+def drop_stale_weights(model_dir: Path) -> None:
+    if model_dir.exists() and not (model_dir / "model.safetensors").exists():
+        shutil.rmtree(model_dir)  # weights dropped by an earlier attempt: made again
+
+
+class Backdoor:
+    """A backdoored encoder, trained by the attack in `attack` into <out>/model."""
+
+    def make(self, cfg: DictConfig, out: Path, anchor) -> Path:
+        model_dir = out / "model"
+        drop_stale_weights(model_dir)
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.job.out = str(model_dir)
+        attack(cfg, anchor=anchor)
+        return model_dir
+
+    def coordinates(self, cfg: DictConfig) -> dict:
+        a = cfg.attack
+        return {"trigger_level": a.triggers.level, "trigger_length": int(a.triggers.length),
+                "trigger_count": int(a.triggers.count), "similarity": a.similarity, "adaptive_mu": float(a.adaptive_mu)}
+
+
+class Benign:
+    """A benign fine-tune, as the paper makes them: a checkpoint of a run shared by the sweep's benign
+    cells of one seed (<sweep>/benign_runs/<run>/step*, benign.mode=checkpoints), or with
+    benign.mode=independent a run of its own in <out>/model. It fills a (paradigm, trigger length,
+    seed) slot of the grid: a negative of that row."""
+
+    def make(self, cfg: DictConfig, out: Path, anchor) -> Path:
+        cfg = cfg.copy()
+        if cfg.benign.mode == "checkpoints":
+            with open_dict(cfg):
+                cfg.job.out = str(out.parent / RUNS_DIR / run_name(cfg))
+            step = checkpoint_step(cfg)
+            model_dir = checkpoint_dirs(cfg, {step})[step]
+            with FileLock(f"{cfg.job.out}.lock"):  # one job trains a run at a time; the others wait and reuse it
+                drop_stale_weights(model_dir)
+                benign(cfg, anchor=anchor, steps={step})
+            return model_dir
+        model_dir = out / "model"
+        drop_stale_weights(model_dir)
+        with open_dict(cfg):
+            cfg.job.out = str(model_dir)
+            cfg.seed = independent_seed(cfg)  # its own run, distinct for every grid slot
+        benign(cfg, anchor=anchor)
+        return model_dir
+
+    def coordinates(self, cfg: DictConfig) -> dict:
+        return {"trigger_level": None, "trigger_length": None, "trigger_count": None, "similarity": None,
+                "adaptive_mu": None}
+
+
+def independent_seed(cfg: DictConfig) -> int:
+    """An independent benign cell's fine-tuning seed, distinct for every grid slot (paradigm, trigger
+    length, seed) it fills, so that a grid's benign models are all different."""
+    slot = {"paradigm": cfg.attack.paradigm, "length": cfg.attack.triggers.length, "seed": cfg.seed}
+    return int(config_hash(slot, 8), 16) % 2**31
+
+
+def checkpoint_step(cfg: DictConfig) -> int:
+    """The step of the shared run whose checkpoint fills a benign cell's grid slot: slot k (paradigm-major,
+    then trigger length) takes checkpoint k + 1, so each (paradigm, length) of one seed gets its own
+    checkpoint and a grid asks a run for its checkpoints in increasing order."""
+    slot = PARADIGMS.index(cfg.attack.paradigm) * MAX_LENGTH + int(cfg.attack.triggers.length) - 1
+    return (slot + 1) * int(cfg.benign.checkpoint_every)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """The shared run's directory name: the encoder and the settings key of the run."""
+    return f"{cfg.encoder.name}-seed{cfg.seed}-{model_settings_key(cfg, 'benign')[:10]}"
+
