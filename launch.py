@@ -22,6 +22,8 @@ sweeps.naming.register()  # the `cell_dir` resolver that names cell directories 
 JOBS = {
     "bases": "core.jobs:build_bases",
     "attack": "attacks.job:run",
+    "prompt_tune": "prompt_tuning.job:run",
+    "repair": "prompt_tuning.repair:run",
     "benign": "benign_ft.job:run",
     "scan": "evaluation.job:run",  # AMDET's scan, then its evaluation against the ground truth
     "calibrate": "amdet.calibrate:run",

@@ -39,13 +39,15 @@ COLUMNS = [
     "weight_distance", "output_drift",
     "trigger_position_relative", "trigger_position_token", "attack_asr_start", "attack_asr_middle", "attack_asr_end",
     "git_commit", "git_dirty", "hostname", "gpu", "cpu", "config", "assimilation",
+    "predicted_target", "repair", "per_class",
 ]
 INT_COLUMNS = ["trigger_length", "trigger_count", "seed", "benign_step", "steps", "score_steps"]
 TOP_LEVEL = ["status", "reason", "traceback", "experiment", "detector", "verdict", "score", "sim",
              "landscape_ratio", "steps", "time_s", "thresholds_source",
              # optional: the failing phase of an error, the detector's own time, a calibrated score cut
              "phase", "detection_s", "score_cut", "score_verdict",
-             "score_steps"]  # the inversion steps the budget-fixed score was measured at
+             "score_steps",  # the inversion steps the budget-fixed score was measured at
+             "predicted_target"]  # a detector of prompt-tuned models: the class it names as the target
 REGIMES = ("paper", "calibrated")  # the threshold regimes a scan records a verdict under
 POSITIONS = ("start", "middle", "end")  # where attack success was measured with the trigger inserted
 
@@ -104,6 +106,8 @@ def flatten(record: dict) -> dict:
                hostname=hardware.get("hostname"), gpu=scalar(hardware.get("gpu")), cpu=scalar(hardware.get("cpu")))
     row["config"] = as_json(record.get("config"))
     row["assimilation"] = as_json(record.get("assimilation"))
+    row["repair"] = as_json(record.get("repair"))
+    row["per_class"] = as_json(record.get("per_class"))  # a prompt-tuned detector's statistics per candidate class  # the repair test of a prompt-tuned backdoor's flagged trigger
     return row
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyze import figures, render, tables
+from analyze import figures, inspector, render, tables
 from analyze.collect import load_results, summary
 
 METHOD_NOTES = """\
@@ -54,6 +54,8 @@ def report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     if raw.empty or tables.finished(raw).empty:
         raise NoResults(f"no finished results under {root}")
     df = tables.dedupe(raw)
+    if df["paradigm"].eq("prompt_tuning").all():  # a sweep of prompt-tuned classifiers: CLIP-Inspector's tables
+        return prompt_tuned_report(root, raw, df, out, n_boot, seed)
     regs = tables.regimes(df)
     head = tables.headline(regs)
     # (title, name, numeric, display); a section that was not recorded has no table: (title, None, None, note)
@@ -120,6 +122,25 @@ def report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     result = {name: numeric for _, name, numeric, _ in sections if numeric is not None}
     # the headline regime's tables under their plain names too, which other code reads (table1, ...)
     return {**result, **{alias: result[name] for alias, name in aliases.items() if alias != name}}
+
+
+def prompt_tuned_report(root: Path, raw: pd.DataFrame, df: pd.DataFrame, out: Path, n_boot: int,
+                        seed: int) -> dict[str, pd.DataFrame]:
+    """The report of a sweep of prompt-tuned classifiers: analyze/inspector.py's tables and the detectors'
+    trigger pictures."""
+    found = inspector.sections(df, n_boot, seed)
+    lines = [f"# Prompt-tuned CLIP detection report: {root}", "", f"- Records: {summary(raw)}", ""]
+    for title, name, numeric in found:
+        display = render.plain_display(numeric)
+        render.write_table(name, numeric, display, out / "tables")
+        lines += [f"## {title}", "", render.markdown(display),
+                  f"Files: [csv](tables/{name}.csv), [md](tables/{name}.md), [tex](tables/{name}.tex)", ""]
+    failed = tables.failures(df)
+    lines += ["## Failed jobs", "", render.markdown(render.plain_display(failed)) if len(failed) else "_none_", ""]
+    lines += ["## Notes", "", inspector.NOTES.format(n_boot=n_boot, seed=seed)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {name: numeric for _, name, numeric in found}
 
 
 def regime_name(name: str, regime: str) -> str:

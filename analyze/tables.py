@@ -11,7 +11,7 @@ from analyze import metrics, paper
 
 AMDET = "amdet"  # the detector the paper's numbers are of
 
-KINDS = ("backdoor", "benign")
+KINDS = ("backdoor", "benign", "prompt_tuned")
 # paper order (CLIP, LongCLIP, SigLIP), each tiny stand-in after its full-size model; trigger-position thirds
 ORDER = {"clip-l": 0, "tiny-clip": 1, "longclip-l": 2, "tiny-longclip": 3, "siglip": 4, "tiny-siglip": 5,
          "text_on_text": 0, "text_on_pair": 1, "early": 0, "middle": 1, "late": 2}

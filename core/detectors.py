@@ -12,7 +12,8 @@ A detector sees the model and its clean anchor, never the ground truth.
 Keys the harness reads and does not pass on: `reads` (the config groups besides the detector's own
 node that its result depends on, e.g. AMDET's [scan, losses]) and `profiles` (true: it is scored
 with calibrated threshold profiles, which its results' settings key then covers; only such
-detectors run in calibration cells).
+detectors run in calibration cells) and `models` (the kinds of model it can scan, e.g. [text_encoder] or
+[prompt_tuned]; default text_encoder).
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from core.encoders import TextEncoder
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-HARNESS_KEYS = ("reads", "profiles")
+HARNESS_KEYS = ("reads", "profiles", "models")
+DEFAULT_MODELS = ("text_encoder",)  # what a detector scans when its config says nothing (cell.kinds' `model`)
 
 
 @dataclass
 class Context:
     cfg: DictConfig  # the job's whole config: the detector reads its own node and the groups it `reads`
-    model: TextEncoder  # the model under test, loaded once for every detector
-    anchor: TextEncoder  # its clean base
+    model: TextEncoder | object  # the model under test, loaded once for every detector (a prompt-tuned classifier for those)
+    anchor: TextEncoder | object  # its clean reference: the base encoder, or the frozen towers
     observe: bool = False  # a calibration cell: record statistics, decide nothing
 
 
@@ -79,6 +81,11 @@ def resolve(cfg: DictConfig, searchpath=None) -> DictConfig:
                                  "detect function) and put its directory on hydra.searchpath=[file://DIR]")
             cfg.detector[name] = OmegaConf.load(path)
     return cfg
+
+
+def scans(cfg: DictConfig, name: str, model: str) -> bool:
+    """Whether detector `name` can scan a model of kind `model` (its config's `models`)."""
+    return model in tuple(config(cfg, name).get("models") or DEFAULT_MODELS)
 
 
 def config(cfg: DictConfig, name: str) -> DictConfig:

@@ -11,12 +11,16 @@ mask the model itself uses: causal for the CLIP family, bidirectional for SigLIP
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase, SiglipTextModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+# transformers renamed create_causal_mask's `past_key_values` to `cache` (the old name warns, and goes in 5.40)
+NO_CACHE = {"cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values": None}
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class TextEncoder(nn.Module):
         """The rest of the encoder on given hidden states: layers + final layer norm → last_hidden_state."""
         if self.family.causal:
             mask = create_causal_mask(
-                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, past_key_values=None
+                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, **NO_CACHE
             )
             out = self.text.encoder(inputs_embeds=hidden_states, attention_mask=mask, is_causal=True)
         else:

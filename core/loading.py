@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from core.encoders import TextEncoder, family_of
 from core.errors import one_line
@@ -100,11 +101,18 @@ def load_encoder(
         raise ModelLoadError(f"{exc} ('{source}')") from None
     try:
         kwargs = {}
-        if getattr(config, "model_type", "") == "clip":
+        two_tower = getattr(config, "model_type", "") == "clip"
+        if two_tower:
             # a two-tower checkpoint keeps projection_dim at its top level; the text half needs it
             kwargs["config"] = config.text_config
             kwargs["config"].projection_dim = config.projection_dim
-        model = family.model_class.from_pretrained(source, use_safetensors=True, dtype=dtype, **kwargs)
+        verbosity = hf_logging.get_verbosity()
+        if two_tower:  # its image-tower weights are left out on purpose: no load report listing them
+            hf_logging.set_verbosity_error()
+        try:
+            model = family.model_class.from_pretrained(source, use_safetensors=True, dtype=dtype, **kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         raise ModelLoadError(

@@ -28,6 +28,7 @@ KINDS = ("base", "backdoor", "benign")
 MODEL_SETTINGS = {
     "backdoor": ("encoder", "training.attack", "attack", "prompts", "pools", "seed"),
     "benign": ("encoder", "training.benign", "benign", "prompts", "seed"),
+    "prompt_tuned": ("encoder", "vision", "prompt_tuning", "poison", "seed"),
 }
 # per benign mode, what it does not read: how many checkpoints a run keeps is not what each one is
 # (no schedule depends on the run's length), so all checkpoints of a run share one key
@@ -41,6 +42,8 @@ class StaleModel(ValueError):
 def model_settings_key(cfg, kind: str) -> str:
     """The settings key of the `kind` model (backdoor or benign) that `cfg` makes."""
     ignore = NOT_MODEL.get(cfg.benign.mode, ()) if kind == "benign" else ()
+    if kind not in MODEL_SETTINGS:
+        raise ValueError(f"unknown model kind '{kind}' for a settings key; one of {', '.join(MODEL_SETTINGS)}")
     return settings_hash(cfg, MODEL_SETTINGS[kind], ignore)
 
 

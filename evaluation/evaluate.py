@@ -20,12 +20,16 @@ from core.encoders import TextEncoder
 from core.prompts import make_prompt_source
 from evaluation.fidelity import trigger_similarities
 from evaluation.truth import backdoors, ground_truth
+from prompt_tuning.repair import repair_detection
 
 SIM_PROMPTS = 200  # defender prompts for Sim when the detector held none out
 
 
-def evaluate(cfg: DictConfig, model_dir: Path, model: TextEncoder, detection: dict, out: Path) -> dict:
-    """The fields evaluation adds to one detection (written by the detector under `out`)."""
+def evaluate(cfg: DictConfig, model_dir: Path, model: TextEncoder, detection: dict, out: Path,
+             detector: str | None = None) -> dict:
+    """The fields evaluation adds to one detection (written by the detector under `out`): the truth, Sim
+    of a reversed feature, whether a predicted target class is the true one, and, for a detector in
+    `repair.detectors` that flags a backdoored prompt-tuned model, the repair test of its trigger."""
     t = time.perf_counter()
     truth = ground_truth(model_dir)
     files = detection.get("files") or {}
@@ -34,8 +38,13 @@ def evaluate(cfg: DictConfig, model_dir: Path, model: TextEncoder, detection: di
         v = load_file(str(out / files["v"]))["v"]
         sims = trigger_similarities(model, v, backdoors(model_dir), sim_prompts(cfg, out, files))
     known = [x for x in sims or [] if x is not None]
+    if truth and truth.get("target_class") is not None and detection.get("predicted_target") is not None:
+        truth["target_found"] = int(detection["predicted_target"]) == int(truth["target_class"])
+    repaired = None
+    if truth and truth.get("model") == "prompt_tuned" and detector in list(cfg.repair.get("detectors") or []):
+        repaired = repair_detection(model_dir, model, detection, out, cfg.repair, int(cfg.seed))
     return {"truth": None if truth is None else {**truth, **({"sims": sims} if sims is not None else {})},
-            "sim": max(known) if known else None, "eval_s": round(time.perf_counter() - t, 3)}
+            "sim": max(known) if known else None, "repair": repaired, "eval_s": round(time.perf_counter() - t, 3)}
 
 
 def sim_prompts(cfg: DictConfig, out: Path, files: dict) -> list[str]:

@@ -13,6 +13,9 @@ def ground_truth(model_dir: str | Path) -> dict | None:
         return None
     m = read_manifest(model_dir)
     truth = {"kind": m.get("kind"), "encoder": m.get("encoder"), "seed": m.get("seed"), "config_hash": m.get("config_hash")}
+    if m.get("model") == "prompt_tuned":  # a classifier: its attack and target class
+        truth.update(model="prompt_tuned", attack=m.get("attack"), target_class=m.get("target_class"), target=m.get("target"))
+        return truth
     if m.get("kind") == "benign":
         truth.update(run_id=m.get("run_id"), step=m.get("step"))
     if m.get("kind") == "backdoor":

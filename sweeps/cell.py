@@ -28,9 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from amdet.job import explicit_checks
 from amdet.profiles import profiles_fingerprint
 from core import detectors
-from core.bases import base_source
 from core.errors import one_line
-from core.loading import load_encoder
 from core.provenance import compute_record, config_hash, provenance, settings_hash
 from core.records import RECORD, RecordError, read_record, write_record
 from core.store import read_manifest
@@ -51,8 +49,6 @@ def run(cfg: DictConfig) -> dict:
     return run_cell(Path(hc.runtime.output_dir), cfg, cell_id=cell_dirname(hc.job.override_dirname))
 
 
-# what a cell's model depends on; the rest (paths, job, progress, threads, wandb, snapshots, ...) does not
-MODEL_SETTINGS = ("encoder", "training", "prompts", "pools", "attack", "benign", "cell", "seed")
 # how, not what: an early-exiting check pass reaches the same verdicts, score and v; which detectors run
 NOT_RESULT = ("cell.keep_model", "cell.detectors", "cell.kinds", "scan.landscape.batch", "scan.inversion.check_early_exit",
               "scan.explicit_checks")
@@ -66,7 +62,8 @@ def settings_key(cfg: DictConfig, detector: str = "amdet") -> str:
     over them, so a refit that changes a profile makes the records scored with the old one stale."""
     node = detectors.config(cfg, detector)
     reads = tuple(str(g) for g in node.get("reads") or ())
-    key = settings_hash(cfg, MODEL_SETTINGS + reads, NOT_RESULT)
+    # what the cell's model depends on (its kind's groups); the rest (paths, job, progress, threads, ...) does not
+    key = settings_hash(cfg, tuple(kinds.of(cfg).settings) + reads, NOT_RESULT)
     parts = [key, OmegaConf.to_container(node, resolve=True)]
     if node.get("profiles") and not cfg.cell.observe:
         parts += [profiles_fingerprint(cfg.scan.thresholds, cfg.paths.get("profiles_dir")), sorted(explicit_checks(cfg))]
@@ -119,7 +116,6 @@ def cell_info(cfg: DictConfig, cell_id: str) -> dict:
         "encoder": cfg.encoder.name,
         "family": cfg.encoder.family,
         # a benign cell fills a (paradigm, length, seed) slot of the grid: it is a negative of that row
-        "paradigm": cfg.attack.paradigm,
         **kinds.of(cfg).coordinates(cfg),
         "seed": int(cfg.seed),
         "variant": {k: OmegaConf.select(cfg, k) for k in cfg.experiment.get("variant", None) or []},
@@ -170,14 +166,15 @@ def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
     wrapper = {"experiment": cfg.experiment.name, "cell": info, "compute": compute_record(cfg),  # after set_threads
                "config": OmegaConf.to_container(cfg, resolve=True), "provenance": provenance()}
     t0 = time.perf_counter()
+    kind = kinds.of(cfg)
     try:
-        source = base_source(cfg.encoder, cfg.progress)
-        anchor = anchor or load_encoder(source, cfg.device)
+        source = kind.anchor_source(cfg)
+        anchor = anchor or kind.load_anchor(source, cfg)
         t = time.perf_counter()
-        model_dir = kinds.of(cfg).make(cfg, out, anchor)
+        model_dir = kind.make(cfg, out, anchor)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        model = load_encoder(model_dir, cfg.device)
+        model = kind.load(model_dir, cfg, anchor)
         load_s = time.perf_counter() - t
     except Exception as exc:  # noqa: BLE001 — the cell's records must say it failed, and why
         for name in todo:
@@ -213,10 +210,11 @@ def detect(cfg: DictConfig, name: str, out: Path, model_dir: Path, anchor_dir: s
     except Exception as exc:  # noqa: BLE001 — recorded; the cell's other detectors still run
         return write_error(out, name, wrapper, "detect", one_line(exc), traceback.format_exc(), time.perf_counter() - t0)
     try:  # the detection against the ground truth: after the detector, never seen by it
-        scored = evaluate(cfg, model_dir, model, found, directory)
+        scored = evaluate(cfg, model_dir, model, found, directory, name)
     except Exception as exc:  # noqa: BLE001
         return write_error(out, name, wrapper, "evaluate", one_line(exc), traceback.format_exc(), time.perf_counter() - t0)
     record = {**wrapper, **found, "truth": scored["truth"], "sim": scored["sim"], "detector": name, "status": "ok",
+              **({"repair": scored["repair"]} if scored["repair"] is not None else {}),
               "settings_key": settings_key(cfg, name), "times": {**earlier_times, **found["times"], "eval_s": scored["eval_s"]}}
     path = write_record(directory, record)
     print(f"{name}: {record['verdict'] or 'no verdict'} (score {record['score']:.3f}, {record['time_s']:.1f} s) → {path}")
@@ -229,6 +227,8 @@ def training_record(model_dir: Path, info: dict) -> dict:
     step go into the cell's coordinates (`info`)."""
     manifest = read_manifest(model_dir)
     resumed = {"train_resumed_from_step": manifest.get("resumed_from_step")}  # a requeued job continued here
+    if manifest.get("model") == "prompt_tuned":  # clean accuracy, and attack success for a backdoor
+        return {"attack": manifest.get("metrics"), "assimilation": None, **resumed}
     if manifest.get("kind") != "backdoor":
         info.update(benign_run=manifest.get("run_id"), benign_step=manifest.get("step"))
         return {"attack": None, "assimilation": None, **resumed}
@@ -254,10 +254,13 @@ def attempt(cell: Cell, cfg: DictConfig | None = None, anchors: dict | None = No
 
 
 def anchor_for(cfg: DictConfig, anchors: dict):
-    """The frozen base of the cell's encoder, loaded once into `anchors` for all the cells a process runs."""
-    key = (cfg.encoder.name, cfg.device)
+    """The cell's clean reference (its encoder's base, the frozen towers), loaded once into `anchors` for
+    all the cells a process runs."""
+    kind = kinds.of(cfg)
+    source = kind.anchor_source(cfg)
+    key = (source, str(cfg.device))
     if key not in anchors:
-        anchors[key] = load_encoder(base_source(cfg.encoder, cfg.progress), cfg.device)
+        anchors[key] = kind.load_anchor(source, cfg)
     return anchors[key]
 
 

@@ -40,7 +40,7 @@ def measured_seconds(cells: list[Cell]) -> dict:
     return {k: (sum(s for s, _ in v) / len(v), len(v), ", ".join(sorted({h for _, h in v}))) for k, v in runs.items()}
 
 
-def estimate(cells: list[Cell], device: str) -> tuple[dict, dict]:
+def estimate(cells: list[Cell], device: str, default_kind: str = "backdoor") -> tuple[dict, dict]:
     """Seconds of the cells not yet done per hardware (cpu / gpu), and the per-cell seconds used
     with where they come from: this sweep's finished cells (measured), else sweeps/costs.yaml.
 
@@ -53,7 +53,7 @@ def estimate(cells: list[Cell], device: str) -> tuple[dict, dict]:
             continue
         c = coordinates(cell)
         encoder = c.get("encoder") or compose_config(list(cell.overrides)).encoder.name
-        kind = c.get("cell.kind", "backdoor")
+        kind = c.get("cell.kind", default_kind)
         if (encoder, kind) in measured:
             per, n, where = measured[(encoder, kind)]
             hardware, source = where.split(":")[0], f"measured: {n} cells, {where}"
@@ -68,7 +68,7 @@ def estimate(cells: list[Cell], device: str) -> tuple[dict, dict]:
     return dict(total), used
 
 
-def probe_cells(scored: list[Cell], calibration: list[Cell]) -> list[Cell]:
+def probe_cells(scored: list[Cell], calibration: list[Cell], default_kind: str = "backdoor") -> list[Cell]:
     """One unfinished cell per (encoder, kind) to time the sweep's own cells on the chosen hardware.
     They are cells of the sweep (nothing is wasted): calibration cells when it has them (observing
     scans never stop early, so the estimate errs on the dear side), else scored cells (no profile to
@@ -76,7 +76,7 @@ def probe_cells(scored: list[Cell], calibration: list[Cell]) -> list[Cell]:
     probes, seen = [], set()
     for cell in calibration or scored:
         c = coordinates(cell)
-        key = (c.get("encoder"), c.get("cell.kind", "backdoor"))
+        key = (c.get("encoder"), c.get("cell.kind", default_kind))
         if key not in seen and not finished(cell.directory, names=cell.detectors):
             seen.add(key)
             probes.append(cell)
@@ -87,7 +87,7 @@ def measure(overrides: list[str], progress: bool = True) -> dict:
     """Run the probe cells with the chosen launcher and device (e.g. on the GPU partition), then
     print the plan costed with their times."""
     cfg, scored, calibration = plan(overrides)
-    probes = probe_cells(scored, calibration)
+    probes = probe_cells(scored, calibration, cfg.cell.kind)
     check_all(probes)
     t0 = time.perf_counter()
     summary = run_phase(probes, cfg, Path(cfg.hydra.sweep.dir), progress, "probe cells")
@@ -99,14 +99,14 @@ def print_plan(overrides: list[str]) -> None:
     cfg, scored, calibration = plan(overrides)
     if scored + calibration:  # one composed cell proves the overrides are valid
         validate(compose_config(list((scored + calibration)[0].overrides)))
-    kinds = collections.Counter(coordinates(c).get("cell.kind", "backdoor") for c in scored)
+    kinds = collections.Counter(coordinates(c).get("cell.kind", cfg.cell.kind) for c in scored)
     encoders = collections.Counter(coordinates(c).get("encoder", cfg.encoder.name) for c in scored)
     done = sum(1 for c in scored + calibration if finished(c.directory, names=c.detectors))
     print(f"experiment {cfg.experiment.name}: {len(scored)} cells ("
           + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + f") + {len(calibration)} calibration cells")
     print("  by encoder: " + ", ".join(f"{e} {n}" for e, n in sorted(encoders.items())))
     print(f"  sweep dir: {cfg.hydra.sweep.dir} ({done} cells already done)")
-    total, used = estimate(scored + calibration, cfg.device)
+    total, used = estimate(scored + calibration, cfg.device, cfg.cell.kind)
     hours = ", ".join(f"{s / 3600:.1f} {hw.upper()}-hours" for hw, s in sorted(total.items())) or "nothing"
     print(f"  estimated cost of what is left: {hours}")
     for (e, k), (s, source) in sorted(used.items()):

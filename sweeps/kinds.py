@@ -1,11 +1,17 @@
 """Model kinds: what a cell makes, chosen by `cell.kind` from `cell.kinds` (conf/cell/default.yaml),
 where each kind names its class by `_target_`. A kind has one interface:
 
-    make(cfg, out, anchor) -> Path     make the model (or find it in the store); its directory
-    coordinates(cfg) -> dict           the kind's own coordinates of the cell (a trigger's, or none)
+    model                                   what it makes, for detectors' `models` lists: text_encoder | prompt_tuned
+    settings                                the config groups its models (and so its records) depend on
+    anchor_source(cfg) -> str               where the clean reference loads from (the base encoder, the frozen towers)
+    load_anchor(source, cfg)                that reference, loaded once per process and shared by its cells
+    make(cfg, out, anchor) -> Path          make the model (or find it in the store); its directory
+    load(model_dir, cfg, anchor)            the model as its detectors receive it (context.model)
+    coordinates(cfg) -> dict                the kind's own coordinates of the cell (a trigger's, an attack's)
 
-Built in: `backdoor` (an attack of `attack`) and `benign` (a fine-tune of `benign`). A new kind
-(e.g. a prompt-tuned classifier) is a class and one line in `cell.kinds`, not an `if` in the cell.
+Built in: `backdoor` (an attack of `attack`) and `benign` (a fine-tune of `benign`) text encoders, and
+`prompt_tuned` (a CoOp / CoCoOp classifier of the vision world, clean or backdoored by `poison`). A new
+kind is a class and one line in `cell.kinds`, not an `if` in the cell.
 """
 
 from __future__ import annotations
@@ -21,8 +27,13 @@ from attacks.job import run as attack
 from attacks.targets import PARADIGMS
 from attacks.triggers import MAX_LENGTH
 from benign_ft.job import checkpoint_dirs, run as benign
+from core.bases import base_source
+from core.loading import load_encoder
 from core.provenance import config_hash
 from core.store import model_settings_key
+from prompt_tuning.job import run as prompt_tune
+from vision.classifier import Towers, load_classifier
+from vision.tower import tower_dir
 
 RUNS_DIR = "benign_runs"  # beside a sweep's cells: the benign fine-tuning runs their checkpoints come from
 
@@ -36,12 +47,28 @@ def of(cfg: DictConfig):
     return instantiate(registered[cfg.cell.kind])
 
 
-def drop_stale_weights(model_dir: Path) -> None:
-    if model_dir.exists() and not (model_dir / "model.safetensors").exists():
+def drop_stale_weights(model_dir: Path, weights: str = "model.safetensors") -> None:
+    if model_dir.exists() and not (model_dir / weights).exists():
         shutil.rmtree(model_dir)  # weights dropped by an earlier attempt: made again
 
 
-class Backdoor:
+class TextEncoderKind:
+    """A text encoder made from the base of `encoder`, scanned against that base."""
+
+    model = "text_encoder"
+    settings = ("encoder", "training", "prompts", "pools", "attack", "benign", "cell", "seed")
+
+    def anchor_source(self, cfg: DictConfig) -> str:
+        return base_source(cfg.encoder, cfg.progress)
+
+    def load_anchor(self, source: str, cfg: DictConfig):
+        return load_encoder(source, cfg.device)
+
+    def load(self, model_dir: Path, cfg: DictConfig, anchor):
+        return load_encoder(model_dir, cfg.device)
+
+
+class Backdoor(TextEncoderKind):
     """A backdoored encoder, trained by the attack in `attack` into <out>/model."""
 
     def make(self, cfg: DictConfig, out: Path, anchor) -> Path:
@@ -55,11 +82,11 @@ class Backdoor:
 
     def coordinates(self, cfg: DictConfig) -> dict:
         a = cfg.attack
-        return {"trigger_level": a.triggers.level, "trigger_length": int(a.triggers.length),
+        return {"paradigm": a.paradigm, "trigger_level": a.triggers.level, "trigger_length": int(a.triggers.length),
                 "trigger_count": int(a.triggers.count), "similarity": a.similarity, "adaptive_mu": float(a.adaptive_mu)}
 
 
-class Benign:
+class Benign(TextEncoderKind):
     """A benign fine-tune, as the paper makes them: a checkpoint of a run shared by the sweep's benign
     cells of one seed (<sweep>/benign_runs/<run>/step*, benign.mode=checkpoints), or with
     benign.mode=independent a run of its own in <out>/model. It fills a (paradigm, trigger length,
@@ -85,7 +112,39 @@ class Benign:
         return model_dir
 
     def coordinates(self, cfg: DictConfig) -> dict:
-        return {"trigger_level": None, "trigger_length": None, "trigger_count": None, "similarity": None,
+        return {"paradigm": cfg.attack.paradigm, "trigger_level": None, "trigger_length": None, "trigger_count": None,
+                "similarity": None, "adaptive_mu": None}
+
+
+class PromptTuned:
+    """A prompt-tuned CLIP classifier of the vision world (`vision`, `prompt_tuning`), clean for
+    poison=none, else backdoored by the poison's attack; trained into <out>/model and scanned against the
+    frozen two-tower checkpoint it applies to."""
+
+    model = "prompt_tuned"
+    settings = ("encoder", "vision", "prompt_tuning", "poison", "cell", "seed")
+
+    def anchor_source(self, cfg: DictConfig) -> str:
+        return str(tower_dir(cfg, cfg.progress))
+
+    def load_anchor(self, source: str, cfg: DictConfig) -> Towers:
+        return Towers(source, cfg.device)
+
+    def make(self, cfg: DictConfig, out: Path, anchor: Towers) -> Path:
+        model_dir = out / "model"
+        drop_stale_weights(model_dir, weights="learner.safetensors")
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.job.out = str(model_dir)
+        prompt_tune(cfg, towers=anchor)
+        return model_dir
+
+    def load(self, model_dir: Path, cfg: DictConfig, anchor: Towers):
+        return load_classifier(model_dir, anchor)
+
+    def coordinates(self, cfg: DictConfig) -> dict:
+        return {"paradigm": "prompt_tuning", "attack": cfg.poison.name, "learner": cfg.prompt_tuning.learner,
+                "trigger_level": None, "trigger_length": None, "trigger_count": None, "similarity": None,
                 "adaptive_mu": None}
 
 

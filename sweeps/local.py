@@ -20,8 +20,8 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from core.bases import base_source
 from sweeps.cell import attempt, record_dead
+from sweeps import kinds
 from sweeps.grid import Cell
 
 _anchors: dict = {}  # per process: one frozen base per (encoder, device)
@@ -72,15 +72,17 @@ def _run_one(cell: Cell) -> dict:
 
 
 def build_bases(cells: list[Cell], progress: bool) -> None:
-    """Build (or find) every tiny base the cells need here, before the workers start: with all of
-    this process's threads, as a sweep in one process builds it, rather than in one worker at
-    cores / N threads while the others wait on its lock."""
-    encoders = {}
+    """Build (or find) every tiny base and tower the cells' references need here, before the workers
+    start: with all of this process's threads, as a sweep in one process builds them, rather than in
+    one worker at cores / N threads while the others wait on its lock."""
+    built = set()
     for cell in {c.settings: c for c in cells}.values():
-        encoder = cell.config().encoder
-        encoders.setdefault(OmegaConf.to_yaml(encoder), encoder)
-    for encoder in encoders.values():
-        base_source(encoder, progress)
+        cfg = cell.config()
+        kind = kinds.of(cfg)
+        key = (type(kind).__name__, OmegaConf.to_yaml(cfg.encoder), OmegaConf.to_yaml(cfg.vision))
+        if key not in built:
+            built.add(key)
+            kind.anchor_source(cfg)  # builds what is not cached yet
 
 
 def in_workers(todo: list[Cell], workers: int, threads: int | None, progress: bool, desc: str) -> Iterator[dict]:

@@ -15,15 +15,21 @@ from benign_ft.job import hparams as benign_hparams
 from core import detectors
 from core.provenance import PRECISIONS
 from core.snapshot import check_every_s
+from prompt_tuning.job import check as prompt_tuning_check
 from sweeps import kinds
 
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ValueError for the first bad setting of a cell (attack, benign run, scan)."""
-    for name in detectors.listed(cfg):  # each one registered, with a _target_
-        detectors.config(cfg, name)
-    kinds.of(cfg)  # registered, with a _target_
+    kind = kinds.of(cfg)  # registered, with a _target_
+    for name in detectors.listed(cfg):  # each one registered, with a _target_, and able to scan the kind's models
+        if not detectors.scans(cfg, name, kind.model):
+            raise ValueError(f"detector '{name}' cannot scan the {kind.model} models cell.kind={cfg.cell.kind} makes "
+                             f"(its models: {list(detectors.config(cfg, name).get('models') or detectors.DEFAULT_MODELS)}); "
+                             "list only detectors for them in cell.detectors")
+    if kind.model == "prompt_tuned":
+        prompt_tuning_check(cfg)
     a = cfg.attack
     check_paradigm(a.paradigm)
     similarity_fn(a.similarity)

@@ -115,14 +115,15 @@ def closure(module: str, edges: dict[str, set[str]]) -> set[str]:
 
 @pytest.mark.parametrize("detector", sorted(p.stem for p in (CONF / "detector").glob("*.yaml")))
 def test_a_detector_never_sees_ground_truth(detector):
-    """Nothing a registered detector's function imports, however indirectly, is the attack or benign code,
-    the evaluation step, or the store's manifest: the truth meets the detection only in evaluation/."""
+    """Nothing a registered detector's function imports, however indirectly, is the attack, benign or
+    prompt-tuning code (which holds the attacker's trigger), the evaluation step, or the store's manifest:
+    the truth meets the detection only in evaluation/."""
     target = OmegaConf.load(CONF / "detector" / f"{detector}.yaml")["_target_"]
     edges, paths = graph()[0], modules()
     module = target.rpartition(".")[0]
     reached = closure(module, edges) | {module}
     assert len(reached) > 3 and module in paths, "the walk finds the detector's module and what it imports"
-    forbidden = {m for m in reached if m.split(".")[0] in ("attacks", "benign_ft", "evaluation")}
+    forbidden = {m for m in reached if m.split(".")[0] in ("attacks", "benign_ft", "evaluation", "prompt_tuning")}
     assert not forbidden, f"detector {detector} ({module}) reaches {sorted(forbidden)}"
     for m in reached:
         names = {a.name for n in ast.walk(ast.parse(paths[m].read_text())) if isinstance(n, ast.ImportFrom) for a in n.names}

@@ -8,7 +8,8 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("amdet", "analyze", "attacks", "baselines", "benign_ft", "core", "evaluation", "sweeps")
+PACKAGES = ("amdet", "analyze", "attacks", "baselines", "benign_ft", "core", "evaluation", "inspector",
+            "prompt_tuning", "sweeps", "vision")
 
 
 def modules() -> dict[str, Path]:

@@ -1,0 +1,45 @@
+"""Baseline for prompt-tuned CLIP: Neural Cleanse (Wang et al., S&P 2019), adapted as CLIP-Inspector's
+paper adapts it: per class a mask m and pattern p (x' = (1 − m) x + m p, both through tanh into
+[0, 1]) that send the defender's unlabelled pool to the class with the smallest ‖m‖₁; flagged when a
+class's mask is a low outlier (MAD anomaly index > k). Score: the largest anomaly index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from baselines.trigger_search import Trigger, detect_by_size
+from core.detectors import Context
+from vision.images import pool as image_pool
+
+
+class MaskPattern(Trigger):
+    def __init__(self, shape):
+        super().__init__()
+        self.mask = nn.Parameter(torch.randn(1, 1, *shape[1:]) * 0.1 - 2.0)  # a small mask to start from
+        self.pattern = nn.Parameter(torch.randn(1, *shape) * 0.1)
+
+    def m(self) -> torch.Tensor:
+        return (torch.tanh(self.mask) + 1) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.m()
+        return (1 - m) * x + m * (torch.tanh(self.pattern) + 1) / 2
+
+    def size(self) -> torch.Tensor:
+        return self.m().sum()
+
+    def image(self) -> torch.Tensor:
+        return self.m()[0] * (torch.tanh(self.pattern[0]) + 1) / 2
+
+
+def detect(model_dir: Path, anchor_dir: Path, out: Path, context: Context, pool: str = "letters", pool_size: int = 1000,
+           batch: int = 32, epochs: int = 5, lr: float = 0.1, init_cost: float = 1e-3, asr_threshold: float = 0.99,
+           patience: int = 5, multiplier: float = 1.5, k: float = 2.0, seed: int = 0) -> dict:
+    x = image_pool(pool, pool_size, seed).x
+    found = detect_by_size(context.model, x, MaskPattern, out, "Neural Cleanse", k=k, seed=seed, batch=batch,
+                           epochs=epochs, lr=lr, init_cost=init_cost, asr_threshold=asr_threshold, patience=patience,
+                           multiplier=multiplier)
+    return {**found, "pool": {"source": pool, "size": len(x)}}

@@ -1,0 +1,167 @@
+"""Prompt-tuned CLIP end to end on micro towers: the attacks, the model store, CLIP-Inspector and its
+baselines, repair, a sweep of prompt-tuned cells and its report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from safetensors.torch import load_file, save_file
+
+from core.detectors import Context
+from core.store import StaleModel
+from inspector.anomaly import anomaly_indices
+from inspector.detector import detect as inspect, objective_loss
+from baselines import neural_cleanse, pixel_backdoor
+from prompt_tuning import job as prompt_tune_job
+from prompt_tuning.job import TRIGGER_FILE, TRUTH_DIR, load_attack
+from prompt_tuning.poisons import Blended, WaNet
+from prompt_tuning.repair import repair_detection
+from sweeps.run import run_experiment
+from sweeps.validate import validate
+from tests.helpers import compose_config
+from tests.test_vision import MICRO_TOWER
+from vision.classifier import Towers, load_classifier
+from vision.images import mnist
+from vision.tower import tower_dir
+
+MICRO_TUNING = ["prompt_tuning.shots=2", "prompt_tuning.epochs=1", "prompt_tuning.batch_size=4"]
+MICRO_DETECT = {"pool_size": 16, "batch": 8, "seed": 0}
+
+
+def micro_cfg(tmp_path, *overrides):
+    cfg = compose_config(*MICRO_TOWER, *overrides)
+    with open_dict(cfg):
+        cfg.job.out = str(tmp_path / "model")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def backdoor(tmp_path_factory):
+    """A BadCLIP-backdoored micro CoCoOp model in the store, and its towers."""
+    root = tmp_path_factory.mktemp("prompt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMDET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        cfg = micro_cfg(root, "poison=badclip", "poison.init_epochs=1", "seed=1", *MICRO_TUNING)
+        towers = Towers(tower_dir(cfg, progress=False))
+        manifest = prompt_tune_job.run(cfg, towers)
+    return cfg, towers, root / "model", manifest
+
+
+def test_the_outlier_rule_is_neural_cleanses_mad_on_one_side():
+    index = anomaly_indices([5.0, 5.2, 4.8, 5.1, 4.9, 1.0], low=True)
+    assert index.argmax() == 5 and index[5] > 2 and np.all(index[:5] < 2)
+    assert anomaly_indices([5.0, 5.2, 4.8, 5.1, 4.9, 1.0], low=False)[5] == 0  # the other side counts nothing
+    assert np.all(np.isfinite(anomaly_indices([3.0, 3.0, 3.0, 1.0])))  # no spread: still finite
+
+
+def test_objectives_measure_how_far_class_c_is_from_winning():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    assert objective_loss(logits, 0, "margin").tolist() == [-1.0, 3.0]
+    assert objective_loss(logits, 2, "logit").tolist() == [-0.0, -1.0]
+    assert objective_loss(logits, 1, "ce")[1] < objective_loss(logits, 1, "ce")[0]
+    with pytest.raises(ValueError, match="unknown inspector objective 'hinge'"):
+        objective_loss(logits, 0, "hinge")
+
+
+def test_data_poisoning_triggers_do_what_they_say():
+    x = mnist("test").x[:4]
+    blended = Blended(target=3, alpha=0.3, seed=0)
+    assert torch.allclose(blended.apply(x), 0.7 * x + 0.3 * blended.pattern)
+    assert torch.allclose(WaNet(target=3, strength=0.0).apply(x), x, atol=1e-5)  # no warp: the image itself
+    assert (WaNet(target=3, strength=0.5).apply(x) - x).abs().max() > 0.05
+
+
+def test_a_prompt_tuned_backdoor_is_stored_with_its_truth_and_reused(backdoor, tmp_path):
+    cfg, towers, model_dir, manifest = backdoor
+    assert manifest["kind"] == "backdoor" and manifest["model"] == "prompt_tuned" and manifest["attack"] == "badclip"
+    assert 0 <= manifest["target_class"] < 10 and manifest["target"] == manifest["classes"][manifest["target_class"]]
+    assert {"clean_accuracy", "attack_success", "attack_success_ood"} <= set(manifest["metrics"])
+    trigger = load_file(str(model_dir / TRUTH_DIR / TRIGGER_FILE))["delta"]
+    assert trigger.abs().max() <= cfg.poison.eps + 1e-6  # BadCLIP's trigger stays in its ℓ∞ budget
+    assert load_attack(model_dir, manifest).target == manifest["target_class"]
+    again = prompt_tune_job.run(cfg, towers)  # the same settings: handed back, not retrained
+    assert again["provenance"] == json.loads((model_dir / "manifest.json").read_text())["provenance"]
+    other = cfg.copy()
+    other.poison.eps = 0.1
+    with pytest.raises(StaleModel, match="other settings"):
+        prompt_tune_job.run(other, towers)
+
+
+def test_a_clean_model_has_no_target_and_no_trigger(tmp_path, backdoor):
+    _, towers, _, _ = backdoor
+    cfg = micro_cfg(tmp_path, "seed=1", *MICRO_TUNING)
+    manifest = prompt_tune_job.run(cfg, towers)
+    assert manifest["kind"] == "benign" and manifest["target_class"] is None
+    assert not (tmp_path / "model" / TRUTH_DIR).exists() and "attack_success" not in manifest["metrics"]
+
+
+def test_clip_inspector_reconstructs_a_bounded_trigger_per_class_deterministically(backdoor, tmp_path):
+    cfg, towers, model_dir, _ = backdoor
+    model = load_classifier(model_dir, towers)
+    found = [inspect(model_dir, towers.directory, tmp_path / str(i), Context(cfg, model, towers), eps=0.2, **MICRO_DETECT)
+             for i in range(2) if (tmp_path / str(i)).mkdir() is None]
+    a, b = found
+    assert a["verdict"] in ("backdoor", "benign") and a["score"] == b["score"] and a["per_class"] == b["per_class"]
+    assert len(a["per_class"]["loss"]) == 10 and 0 <= a["predicted_target"] < 10
+    triggers = load_file(str(tmp_path / "0" / a["files"]["triggers"]))["triggers"]
+    assert triggers.shape == (10, 1, 28, 28) and triggers.abs().max() <= 0.2 + 1e-6
+    assert (tmp_path / "0" / a["files"]["figure"]).stat().st_size > 1000
+
+
+def test_invalid_triggers_never_flag(backdoor, tmp_path):
+    """A class whose trigger sends under min_asr of the pool to it cannot be the flagged one."""
+    cfg, towers, model_dir, _ = backdoor
+    model = load_classifier(model_dir, towers)
+    found = inspect(model_dir, towers.directory, tmp_path, Context(cfg, model, towers), min_asr=1.01, **MICRO_DETECT)
+    assert found["verdict"] == "benign"
+
+
+@pytest.mark.parametrize("baseline", [neural_cleanse, pixel_backdoor])
+def test_the_baselines_search_every_class_and_flag_by_trigger_size(backdoor, tmp_path, baseline):
+    cfg, towers, model_dir, _ = backdoor
+    model = load_classifier(model_dir, towers)
+    found = baseline.detect(model_dir, towers.directory, tmp_path, Context(cfg, model, towers), epochs=1, **MICRO_DETECT)
+    assert len(found["per_class"]["size"]) == 10 and np.isfinite(found["score"]) and 0 <= found["predicted_target"] < 10
+    assert found["verdict"] == ("backdoor" if found["score"] > 2.0 else "benign")
+
+
+def test_repair_fine_tunes_every_arm_and_measures_it_with_the_attackers_trigger(backdoor, tmp_path):
+    cfg, towers, model_dir, manifest = backdoor
+    model = load_classifier(model_dir, towers)
+    triggers = torch.zeros(10, 1, 28, 28)
+    triggers[manifest["target_class"]] = 0.2
+    save_file({"triggers": triggers}, str(tmp_path / "triggers.safetensors"))
+    detection = {"verdict": "backdoor", "predicted_target": manifest["target_class"], "files": {"triggers": "triggers.safetensors"}}
+    rcfg = OmegaConf.merge(cfg.repair, {"shots": 2, "epochs": 1})
+    result = repair_detection(model_dir, model, detection, tmp_path, rcfg, 0)
+    assert result["before"]["attack_success"] == manifest["metrics"]["attack_success"]
+    assert {"trigger", "clean", "noise", "other"} <= set(result) and 0 <= result["trigger"]["accuracy"] <= 1
+    assert repair_detection(model_dir, model, {**detection, "verdict": "benign"}, tmp_path, cfg.repair, 0) is None
+
+
+def test_a_text_encoder_detector_is_refused_on_prompt_tuned_cells():
+    cfg = compose_config("cell.kind=prompt_tuned", "cell.detectors=[amdet]")
+    with pytest.raises(ValueError, match="detector 'amdet' cannot scan the prompt_tuned models"):
+        validate(cfg)
+
+
+def test_a_sweep_of_prompt_tuned_models_runs_to_clip_inspectors_tables(tmp_path):
+    summary = run_experiment(["experiment=inspector_smoke", f"paths.output_dir={tmp_path}"], progress=False)
+    assert summary["scored"]["computed"] == 3 and not summary["scored"]["failed"]
+    sweep = tmp_path / "sweeps" / "inspector_smoke"
+    df = pd.read_parquet(sweep / "results.parquet")
+    assert sorted(df["detector"].unique()) == ["inspector", "neural_cleanse", "pixel_backdoor"] and len(df) == 9
+    assert set(df["attack"]) == {"none", "badclip", "blended"} and df["status"].eq("ok").all()
+    backdoors = df[df["truth_kind"].eq("backdoor")]
+    assert backdoors["truth_target_class"].notna().all() and backdoors["truth_target_found"].notna().all()
+    tables = summary["report"]
+    detection = tables["inspector_detection"].set_index("detector")
+    assert detection.loc["inspector", "models"] == 3 and detection.loc["inspector", "paper_AUROC"] == 97.3
+    assert "Prompt-tuned CLIP detection report" in (sweep / "report" / "report.md").read_text()
+    rerun = run_experiment(["experiment=inspector_smoke", f"paths.output_dir={tmp_path}"], progress=False, report=False)
+    assert rerun["scored"]["skipped"] == 3  # finished cells are found, not recomputed
