@@ -45,7 +45,7 @@ def log_cell(cfg: DictConfig, records: dict[str, dict], out: Path) -> None:
 
         first = next(iter(records.values()))
         cell = first.get("cell", {})
-        tags = [str(t)[:64] for t in (cell.get("encoder"), cell.get("kind"), cell.get("paradigm"),
+        tags = [str(t)[:64] for t in (cell.get("encoder"), cell.get("kind"), cell.get("paradigm"), cell.get("attack"),
                                       f"len{cell.get('trigger_length')}" if cell.get("trigger_length") else None,
                                       *(f"detector:{d}" for d in records)) if t]
         run = _init(cfg, out, group=first.get("experiment"), job_type=cell.get("kind"), name=cell.get("id"),
@@ -57,7 +57,8 @@ def log_cell(cfg: DictConfig, records: dict[str, dict], out: Path) -> None:
             summary[f"{name}/truth"] = (record.get("truth") or {}).get("kind")
         run.summary.update({k: v for k, v in summary.items() if v is not None})
         images = {f"{name}/{label}": wandb.Image(str(out / "detectors" / name / f)) for name in records
-                  for label, f in (("landscape", "landscape.png"), ("hessian_spectrum", "hessian_spectrum.png"))
+                  for label, f in (("landscape", "landscape.png"), ("hessian_spectrum", "hessian_spectrum.png"),
+                                   ("triggers", "triggers.png"))
                   if (out / "detectors" / name / f).is_file()}
         if images:
             run.log(images)

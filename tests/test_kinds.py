@@ -7,6 +7,7 @@ import pytest
 from core.store import save_model
 from sweeps.cell import run_cell
 from sweeps.grid import plan
+from sweeps.kinds import TextEncoderKind
 from sweeps.validate import validate
 from tests.test_sweeps import MICRO_STUDY
 
@@ -19,8 +20,9 @@ def one_cell(tmp_path, *overrides):
     return cells[0]
 
 
-class BaseCopy:
-    """A kind of nobody's: the clean base itself, stored as a benign model that never moved."""
+class BaseCopy(TextEncoderKind):
+    """A kind of nobody's: the clean base itself, stored as a benign model that never moved (a text
+    encoder: loaded and scanned against its base as TextEncoderKind says)."""
 
     def make(self, cfg, out, anchor):
         return save_model(anchor, out / "model", {"kind": "benign", "seed": int(cfg.seed)}, overwrite=True)
