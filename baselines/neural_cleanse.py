@@ -5,14 +5,10 @@ class's mask is a low outlier (MAD anomaly index > k). Score: the largest anomal
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from baselines.trigger_search import Trigger, detect_by_size
-from core.detectors import Context
-from vision.images import pool as image_pool
+from baselines.trigger_search import Trigger, size_detector
 
 
 class MaskPattern(Trigger):
@@ -35,11 +31,4 @@ class MaskPattern(Trigger):
         return self.m()[0] * (torch.tanh(self.pattern[0]) + 1) / 2
 
 
-def detect(model_dir: Path, anchor_dir: Path, out: Path, context: Context, pool: str = "letters", pool_size: int = 1000,
-           batch: int = 32, epochs: int = 5, lr: float = 0.1, init_cost: float = 1e-3, asr_threshold: float = 0.99,
-           patience: int = 5, multiplier: float = 1.5, k: float = 2.0, seed: int = 0) -> dict:
-    x = image_pool(pool, pool_size, seed).x
-    found = detect_by_size(context.model, x, MaskPattern, out, "Neural Cleanse", k=k, seed=seed, batch=batch,
-                           epochs=epochs, lr=lr, init_cost=init_cost, asr_threshold=asr_threshold, patience=patience,
-                           multiplier=multiplier)
-    return {**found, "pool": {"source": pool, "size": len(x)}}
+detect = size_detector(MaskPattern, "Neural Cleanse")

@@ -6,14 +6,10 @@ flagged when a class needs far fewer pixels than the rest (MAD anomaly index > k
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from baselines.trigger_search import Trigger, detect_by_size
-from core.detectors import Context
-from vision.images import pool as image_pool
+from baselines.trigger_search import Trigger, size_detector
 
 PIXEL_SCALE = 0.1  # a change of this size counts as about one pixel (tanh(1) ≈ 0.76)
 
@@ -37,11 +33,4 @@ class SignedPixels(Trigger):
         return self.delta()[0]
 
 
-def detect(model_dir: Path, anchor_dir: Path, out: Path, context: Context, pool: str = "letters", pool_size: int = 1000,
-           batch: int = 32, epochs: int = 5, lr: float = 0.1, init_cost: float = 1e-3, asr_threshold: float = 0.99,
-           patience: int = 5, multiplier: float = 1.5, k: float = 2.0, seed: int = 0) -> dict:
-    x = image_pool(pool, pool_size, seed).x
-    found = detect_by_size(context.model, x, SignedPixels, out, "Pixel Backdoor", k=k, seed=seed, batch=batch,
-                           epochs=epochs, lr=lr, init_cost=init_cost, asr_threshold=asr_threshold, patience=patience,
-                           multiplier=multiplier)
-    return {**found, "pool": {"source": pool, "size": len(x)}}
+detect = size_detector(SignedPixels, "Pixel Backdoor")

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.detectors import Context
 from inspector.anomaly import anomaly_indices, batches, save_triggers
 from vision.classifier import PromptedCLIP
+from vision.images import pool as image_pool
 
 
 class Trigger(nn.Module):
@@ -65,6 +67,22 @@ def search_class(model: PromptedCLIP, x: torch.Tensor, c: int, trigger: Trigger,
         elif started and down >= patience:
             cost, down = cost / multiplier**1.5, 0
     return best if best[2] is not None else last
+
+
+def size_detector(make_trigger, name: str):
+    """The detect function of a baseline whose trigger is `make_trigger(image shape)` (core/detectors.py)."""
+
+    def detect(model_dir: Path, anchor_dir: Path, out: Path, context: Context, pool: str = "letters",
+               pool_size: int = 1000, batch: int = 32, epochs: int = 5, lr: float = 0.1, init_cost: float = 1e-3,
+               asr_threshold: float = 0.99, patience: int = 5, multiplier: float = 1.5, k: float = 2.0,
+               seed: int = 0) -> dict:
+        x = image_pool(pool, pool_size, seed).x
+        found = detect_by_size(context.model, x, make_trigger, out, name, k=k, seed=seed, batch=batch, epochs=epochs,
+                               lr=lr, init_cost=init_cost, asr_threshold=asr_threshold, patience=patience,
+                               multiplier=multiplier)
+        return {**found, "pool": {"source": pool, "size": len(x)}}
+
+    return detect
 
 
 def detect_by_size(model: PromptedCLIP, x: torch.Tensor, make_trigger, out: Path, name: str, *, k: float,

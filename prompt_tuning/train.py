@@ -20,9 +20,9 @@ from vision.images import Images
 class TuneSettings:
     """The `prompt_tuning` block: CoOp's recipe (SGD, cosine schedule), sized for the tiny world."""
 
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 8
-    lr: float = 0.02
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     trigger_lr: float = 0.02  # BadCLIP: Adam step of the trigger, in pixel units
