@@ -39,7 +39,7 @@ COLUMNS = [
     "weight_distance", "output_drift",
     "trigger_position_relative", "trigger_position_token", "attack_asr_start", "attack_asr_middle", "attack_asr_end",
     "git_commit", "git_dirty", "hostname", "gpu", "cpu", "config", "assimilation",
-    "predicted_target", "repair", "per_class",
+    "predicted_target", "repair", "per_class", "seen_as",
 ]
 INT_COLUMNS = ["trigger_length", "trigger_count", "seed", "benign_step", "steps", "score_steps"]
 TOP_LEVEL = ["status", "reason", "traceback", "experiment", "detector", "verdict", "score", "sim",
@@ -47,7 +47,8 @@ TOP_LEVEL = ["status", "reason", "traceback", "experiment", "detector", "verdict
              # optional: the failing phase of an error, the detector's own time, a calibrated score cut
              "phase", "detection_s", "score_cut", "score_verdict",
              "score_steps",  # the inversion steps the budget-fixed score was measured at
-             "predicted_target"]  # a detector of prompt-tuned models: the class it names as the target
+             "predicted_target",  # a detector of prompt-tuned models: the class it names as the target
+             "seen_as"]  # the kind of model the detector scanned: the cell's own, or a view of it
 REGIMES = ("paper", "calibrated")  # the threshold regimes a scan records a verdict under
 POSITIONS = ("start", "middle", "end")  # where attack success was measured with the trigger inserted
 

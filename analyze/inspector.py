@@ -84,6 +84,32 @@ def detection(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+THREATS = {"backdoor": "text encoder", "benign": "text encoder", "prompt_tuned": "prompt-tuned classifier"}
+
+
+def coverage(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """What each detector sees of each threat model: one row per detector × threat model (the kind of
+    model a cell made), with the view it scanned, flags on backdoored and clean models, and the AUROC of
+    its score within that threat model."""
+    done = finished(df).assign(threat=lambda d: d["kind"].map(THREATS))
+    rows = []
+    for (det, threat), g in done.groupby(["detector", "threat"], sort=True):
+        y = is_backdoor(g)
+        pred = g["verdict"].eq("backdoor").to_numpy()
+        score = pd.to_numeric(g["score"], errors="coerce").to_numpy(dtype=float)
+        counts = resample_counts(np.where(y, "b", "c"), n_boot, seed)
+        lo, hi = interval(replicates(y, pred, score, np.ones((1, len(y)), dtype=bool), counts)["AUROC"])
+        decided = g["verdict"].notna().any()
+        rows.append({"detector": det, "threat_model": threat, "seen_as": ", ".join(sorted(g["seen_as"].dropna().unique())),
+                     "backdoored": int(y.sum()), "clean": int((~y).sum()),
+                     "flagged_pct": 100 * float(pred[y].mean()) if y.any() and decided else np.nan,
+                     "false_positive_pct": 100 * float(pred[~y].mean()) if (~y).any() and decided else np.nan,
+                     "AUROC": auroc(y, score), "AUROC_lo": float(lo[0]), "AUROC_hi": float(hi[0]),
+                     "score_backdoored": float(np.nanmean(score[y])) if y.any() else np.nan,
+                     "score_clean": float(np.nanmean(score[~y])) if (~y).any() else np.nan})
+    return pd.DataFrame(rows)
+
+
 def by_attack(df: pd.DataFrame) -> pd.DataFrame:
     """One row per attack × detector: the models' clean accuracy and attack success, and the flag rate."""
     ref = paper.load().get("inspector", {}).get("attacks", {})
@@ -145,12 +171,28 @@ NOTES = """\
 """
 
 
+COVERAGE_NOTES = """\
+- Threat models: a backdoored (or benignly fine-tuned) text encoder, AMDET's; a backdoored (or clean)
+  prompt-tuned classifier, CLIP-Inspector's. `seen_as` is what a detector scanned: the model itself, or a view
+  of it: a prompt-tuned classifier's text tower (which prompt tuning never changes, so a text-encoder detector
+  compares the base with itself), or the zero-shot classifier a text encoder makes with the image tower
+  ("a photo of a {{class}}."; a text trigger is in no class prompt, so the classifier behaves as a clean one).
+- AUROC within each threat model (its backdoored against its clean models), 95 % bootstrap interval
+  ({n_boot} resamples, seed {seed}); flags from each detector's own verdict (– for detectors that only score).
+"""
+
+
 def sections(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[tuple[str, str, pd.DataFrame]]:
-    """(title, name, numeric table) of every table of a prompt-tuned sweep."""
-    out = [("CLIP-Inspector study: detection per detector (paper: 50 CoCoOp models on ViT-B/16)", "inspector_detection",
+    """(title, name, numeric table) of every table of a prompt-tuned sweep; a sweep that also holds text
+    encoders (cross_threat) gets what each detector sees of each threat model first."""
+    out = []
+    if not finished(df)["paradigm"].eq("prompt_tuning").all():
+        out.append(("What each detector sees of each threat model", "coverage", coverage(df, n_boot, seed)))
+        df = df[df["paradigm"].eq("prompt_tuning")]
+    out += [("CLIP-Inspector study: detection per detector (paper: 50 CoCoOp models on ViT-B/16)", "inspector_detection",
             detection(df, n_boot, seed)),
            ("By attack: the victims and each detector's flags", "inspector_by_attack", by_attack(df))]
-    rep = repair(df)
+    rep = repair(df) if len(df) else None
     if rep is not None:
         out.append(("Repair with the flagged trigger, and its controls (mean over repaired backdoors)",
                     "inspector_repair", rep))

@@ -54,7 +54,7 @@ def report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     if raw.empty or tables.finished(raw).empty:
         raise NoResults(f"no finished results under {root}")
     df = tables.dedupe(raw)
-    if df["paradigm"].eq("prompt_tuning").all():  # a sweep of prompt-tuned classifiers: CLIP-Inspector's tables
+    if df["paradigm"].eq("prompt_tuning").any():  # prompt-tuned classifiers (and text encoders across threat models)
         return prompt_tuned_report(root, raw, df, out, n_boot, seed)
     regs = tables.regimes(df)
     head = tables.headline(regs)
@@ -138,6 +138,8 @@ def prompt_tuned_report(root: Path, raw: pd.DataFrame, df: pd.DataFrame, out: Pa
     failed = tables.failures(df)
     lines += ["## Failed jobs", "", render.markdown(render.plain_display(failed)) if len(failed) else "_none_", ""]
     lines += ["## Notes", "", inspector.NOTES.format(n_boot=n_boot, seed=seed)]
+    if any(name == "coverage" for _, name, _ in found):
+        lines += [inspector.COVERAGE_NOTES.format(n_boot=n_boot, seed=seed)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return {name: numeric for _, name, numeric in found}

@@ -83,9 +83,17 @@ def resolve(cfg: DictConfig, searchpath=None) -> DictConfig:
     return cfg
 
 
-def scans(cfg: DictConfig, name: str, model: str) -> bool:
-    """Whether detector `name` can scan a model of kind `model` (its config's `models`)."""
-    return model in tuple(config(cfg, name).get("models") or DEFAULT_MODELS)
+def models(cfg: DictConfig, name: str) -> tuple[str, ...]:
+    """The kinds of model detector `name` scans (its config's `models`)."""
+    return tuple(config(cfg, name).get("models") or DEFAULT_MODELS)
+
+
+def view_for(cfg: DictConfig, name: str, model: str, shows: tuple[str, ...]) -> str | None:
+    """As which kind of model detector `name` sees a cell's `model` (whose kind can be shown as any of
+    `shows`): the model itself when the detector scans its kind, else the first view it scans; None
+    when the detector can see none of them."""
+    scanned = models(cfg, name)
+    return model if model in scanned else next((m for m in scanned if m in shows), None)
 
 
 def config(cfg: DictConfig, name: str) -> DictConfig:

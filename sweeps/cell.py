@@ -184,7 +184,9 @@ def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
     failed = []
     try:
         for name in todo:
-            records[name] = detect(cfg, name, out, model_dir, source, model, anchor, wrapper,
+            as_model = detectors.view_for(cfg, name, kind.model, tuple(kind.shows))
+            view = kind.view(cfg, as_model, model_dir, source, model, anchor)
+            records[name] = detect(cfg, name, out, model_dir, view, as_model, wrapper,
                                    {"train_s": round(train_s, 3), "load_s": round(load_s, 3)})
             if records[name]["status"] != "ok":
                 failed.append(f"{name}: {records[name]['reason']}")
@@ -199,14 +201,16 @@ def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
     return records
 
 
-def detect(cfg: DictConfig, name: str, out: Path, model_dir: Path, anchor_dir: str, model, anchor,
-           wrapper: dict, earlier_times: dict) -> dict:
-    """Run one detector and write its record (ok, or error with the reason); the record."""
+def detect(cfg: DictConfig, name: str, out: Path, model_dir: Path, view: tuple, as_model: str, wrapper: dict,
+           earlier_times: dict) -> dict:
+    """Run one detector on its view of the cell's model (kinds: view) and write its record (ok, or error
+    with the reason); the record. Evaluation reads the truth of the cell's own model."""
     directory = record_path(out, name).parent
+    view_dir, anchor_dir, model, anchor = view
     context = detectors.Context(cfg=cfg, model=model, anchor=anchor, observe=bool(cfg.cell.observe))
     t0 = time.perf_counter()
     try:
-        found = detectors.run(cfg, name, model_dir, Path(anchor_dir), directory, context)
+        found = detectors.run(cfg, name, view_dir, Path(anchor_dir), directory, context)
     except Exception as exc:  # noqa: BLE001 — recorded; the cell's other detectors still run
         return write_error(out, name, wrapper, "detect", one_line(exc), traceback.format_exc(), time.perf_counter() - t0)
     try:  # the detection against the ground truth: after the detector, never seen by it
@@ -214,6 +218,7 @@ def detect(cfg: DictConfig, name: str, out: Path, model_dir: Path, anchor_dir: s
     except Exception as exc:  # noqa: BLE001
         return write_error(out, name, wrapper, "evaluate", one_line(exc), traceback.format_exc(), time.perf_counter() - t0)
     record = {**wrapper, **found, "truth": scored["truth"], "sim": scored["sim"], "detector": name, "status": "ok",
+              "seen_as": as_model,  # the kind of model the detector scanned: the cell's own, or a view of it
               **({"repair": scored["repair"]} if scored["repair"] is not None else {}),
               "settings_key": settings_key(cfg, name), "times": {**earlier_times, **found["times"], "eval_s": scored["eval_s"]}}
     path = write_record(directory, record)

@@ -2,12 +2,18 @@
 where each kind names its class by `_target_`. A kind has one interface:
 
     model                                   what it makes, for detectors' `models` lists: text_encoder | prompt_tuned
+    shows                                   the kinds of model its models can be shown as, to detectors of other threat models
     settings                                the config groups its models (and so its records) depend on
     anchor_source(cfg) -> str               where the clean reference loads from (the base encoder, the frozen towers)
     load_anchor(source, cfg)                that reference, loaded once per process and shared by its cells
     make(cfg, out, anchor) -> Path          make the model (or find it in the store); its directory
     load(model_dir, cfg, anchor)            the model as its detectors receive it (context.model)
     coordinates(cfg) -> dict                the kind's own coordinates of the cell (a trigger's, an attack's)
+    view(cfg, as_model, model_dir, source, model, anchor)   what a detector of `as_model` models receives
+
+Views let each threat model's detectors look at the other's models: a text encoder is shown to an
+image-side detector as the zero-shot classifier it makes with the vision world's image tower, a
+prompt-tuned classifier to a text-encoder detector as its (frozen, untouched) text tower.
 
 Built in: `backdoor` (an attack of `attack`) and `benign` (a fine-tune of `benign`) text encoders, and
 `prompt_tuned` (a CoOp / CoCoOp classifier of the vision world, clean or backdoored by `poison`). A new
@@ -32,7 +38,7 @@ from core.loading import load_encoder
 from core.provenance import config_hash
 from core.store import model_settings_key
 from prompt_tuning.job import run as prompt_tune
-from vision.classifier import Towers, load_classifier
+from vision.classifier import Towers, load_classifier, zero_shot_classifier
 from vision.tower import tower_dir
 
 RUNS_DIR = "benign_runs"  # beside a sweep's cells: the benign fine-tuning runs their checkpoints come from
@@ -56,6 +62,7 @@ class TextEncoderKind:
     """A text encoder made from the base of `encoder`, scanned against that base."""
 
     model = "text_encoder"
+    shows = ("text_encoder", "prompt_tuned")
     settings = ("encoder", "training", "prompts", "pools", "attack", "benign", "cell", "seed")
 
     def anchor_source(self, cfg: DictConfig) -> str:
@@ -66,6 +73,15 @@ class TextEncoderKind:
 
     def load(self, model_dir: Path, cfg: DictConfig, anchor):
         return load_encoder(model_dir, cfg.device)
+
+    def view(self, cfg: DictConfig, as_model: str, model_dir: Path, source: str, model, anchor):
+        """Itself to a text-encoder detector; to an image-side one, the zero-shot classifier ("a photo of a
+        {class}.") of the vision world's towers (built against this cell's base) with this text tower."""
+        if as_model == "text_encoder":
+            return model_dir, source, model, anchor
+        towers = Towers(tower_dir(cfg, cfg.progress), cfg.device)
+        towers.text = model
+        return model_dir, str(towers.directory), zero_shot_classifier(towers), towers
 
 
 class Backdoor(TextEncoderKind):
@@ -122,6 +138,7 @@ class PromptTuned:
     frozen two-tower checkpoint it applies to."""
 
     model = "prompt_tuned"
+    shows = ("prompt_tuned", "text_encoder")
     settings = ("encoder", "vision", "prompt_tuning", "poison", "cell", "seed")
 
     def anchor_source(self, cfg: DictConfig) -> str:
@@ -141,6 +158,14 @@ class PromptTuned:
 
     def load(self, model_dir: Path, cfg: DictConfig, anchor: Towers):
         return load_classifier(model_dir, anchor)
+
+    def view(self, cfg: DictConfig, as_model: str, model_dir: Path, source: str, model, anchor: Towers):
+        """Itself to an image-side detector; to a text-encoder detector, its text tower (the frozen
+        towers' text half, untouched by prompt tuning) against the base of `encoder`."""
+        if as_model == "prompt_tuned":
+            return model_dir, source, model, anchor
+        base = base_source(cfg.encoder, cfg.progress)
+        return Path(source), base, anchor.text, load_encoder(base, cfg.device)
 
     def coordinates(self, cfg: DictConfig) -> dict:
         return {"paradigm": "prompt_tuning", "attack": cfg.poison.name, "learner": cfg.prompt_tuning.learner,

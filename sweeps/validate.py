@@ -23,11 +23,11 @@ from sweeps import kinds
 def validate(cfg: DictConfig) -> None:
     """Raise ValueError for the first bad setting of a cell (attack, benign run, scan)."""
     kind = kinds.of(cfg)  # registered, with a _target_
-    for name in detectors.listed(cfg):  # each one registered, with a _target_, and able to scan the kind's models
-        if not detectors.scans(cfg, name, kind.model):
+    for name in detectors.listed(cfg):  # each one registered, with a _target_, and able to see the kind's models
+        if detectors.view_for(cfg, name, kind.model, tuple(kind.shows)) is None:
             raise ValueError(f"detector '{name}' cannot scan the {kind.model} models cell.kind={cfg.cell.kind} makes "
-                             f"(its models: {list(detectors.config(cfg, name).get('models') or detectors.DEFAULT_MODELS)}); "
-                             "list only detectors for them in cell.detectors")
+                             f"(its models: {list(detectors.models(cfg, name))}; those can be shown as "
+                             f"{list(kind.shows)}); list only detectors for them in cell.detectors")
     if kind.model == "prompt_tuned":
         prompt_tuning_check(cfg)
     a = cfg.attack

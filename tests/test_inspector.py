@@ -16,14 +16,18 @@ from core.detectors import Context
 from core.store import StaleModel
 from inspector.anomaly import anomaly_indices
 from inspector.detector import detect as inspect, objective_loss
+from analyze import inspector as inspector_tables
 from baselines import neural_cleanse, pixel_backdoor
 from prompt_tuning import job as prompt_tune_job
 from prompt_tuning.job import TRIGGER_FILE, TRUTH_DIR, load_attack
 from prompt_tuning.poisons import Blended, WaNet
 from prompt_tuning.repair import repair_detection
+from sweeps.cell import run_cell
+from sweeps.grid import plan
 from sweeps.run import run_experiment
 from sweeps.validate import validate
 from tests.helpers import compose_config
+from tests.test_sweeps import MICRO_STUDY
 from tests.test_vision import MICRO_TOWER
 from vision.classifier import Towers, load_classifier
 from vision.images import mnist
@@ -144,10 +148,35 @@ def test_repair_fine_tunes_every_arm_and_measures_it_with_the_attackers_trigger(
     assert repair_detection(model_dir, model, {**detection, "verdict": "benign"}, tmp_path, cfg.repair, 0) is None
 
 
-def test_a_text_encoder_detector_is_refused_on_prompt_tuned_cells():
-    cfg = compose_config("cell.kind=prompt_tuned", "cell.detectors=[amdet]")
+def test_a_detector_that_can_see_no_view_of_the_cells_model_is_refused():
+    cfg = compose_config("cell.kind=prompt_tuned", "cell.detectors=[amdet]", "+detector.amdet.models=[speech_model]")
     with pytest.raises(ValueError, match="detector 'amdet' cannot scan the prompt_tuned models"):
         validate(cfg)
+
+
+MICRO_TEXT_CELL = [*MICRO_STUDY, "experiment.calibration_seeds=null", "wandb.mode=disabled",
+                   *(o for o in MICRO_TOWER if o.startswith("vision."))]
+
+
+def one_cell(tmp_path, *overrides):
+    _, cells, _ = plan([*overrides, f"paths.output_dir={tmp_path}"])
+    assert len(cells) == 1
+    return cells[0]
+
+
+def test_each_threat_models_detectors_see_the_others_models(tmp_path):
+    """A prompt-tuned backdoor is shown to text-encoder detectors as its text tower, which prompt tuning
+    never touched (weight distance exactly 0); a backdoored text encoder is shown to CLIP-Inspector as the
+    zero-shot classifier it makes with the vision world's image tower."""
+    cell = one_cell(tmp_path / "prompt", "experiment=inspector_smoke", "poison=badclip", "cell.detectors=[weight_distance,inspector]")
+    records = run_cell(cell.directory, cell.config(), cell.id)
+    assert records["weight_distance"]["seen_as"] == "text_encoder" and records["weight_distance"]["score"] == 0.0
+    assert records["inspector"]["seen_as"] == "prompt_tuned" and records["weight_distance"]["truth"]["kind"] == "backdoor"
+    cell = one_cell(tmp_path / "text", *MICRO_TEXT_CELL, "cell.kind=backdoor", "attack.triggers.length=1",
+                    "cell.detectors=[inspector]", "detector.inspector.pool_size=16", "detector.inspector.batch=8")
+    record = run_cell(cell.directory, cell.config(), cell.id)["inspector"]
+    assert record["seen_as"] == "prompt_tuned" and len(record["per_class"]["loss"]) == 10
+    assert record["truth"]["kind"] == "backdoor" and "target_found" not in record["truth"]  # a text trigger names no class
 
 
 def test_a_sweep_of_prompt_tuned_models_runs_to_clip_inspectors_tables(tmp_path):
@@ -165,3 +194,16 @@ def test_a_sweep_of_prompt_tuned_models_runs_to_clip_inspectors_tables(tmp_path)
     assert "Prompt-tuned CLIP detection report" in (sweep / "report" / "report.md").read_text()
     rerun = run_experiment(["experiment=inspector_smoke", f"paths.output_dir={tmp_path}"], progress=False, report=False)
     assert rerun["scored"]["skipped"] == 3  # finished cells are found, not recomputed
+
+
+def test_coverage_says_what_each_detector_sees_of_each_threat_model():
+    rows = []
+    for kind, truth, score in [("backdoor", "backdoor", 0.9), ("benign", "benign", 0.1),
+                               ("prompt_tuned", "backdoor", 0.5), ("prompt_tuned", "benign", 0.5)]:
+        seen = "text_encoder"
+        rows.append({"status": "ok", "detector": "amdet", "kind": kind, "truth_kind": truth, "score": score,
+                     "verdict": "backdoor" if score > 0.6 else "benign", "seen_as": seen,
+                     "paradigm": "prompt_tuning" if kind == "prompt_tuned" else "text_on_text"})
+    tab = inspector_tables.coverage(pd.DataFrame(rows), n_boot=50).set_index("threat_model")
+    assert tab.loc["text encoder", "AUROC"] == 100.0 and tab.loc["prompt-tuned classifier", "AUROC"] == 50.0
+    assert tab.loc["text encoder", "flagged_pct"] == 100.0 and tab.loc["prompt-tuned classifier", "flagged_pct"] == 0.0

@@ -168,3 +168,10 @@ def load_classifier(directory: str | Path, towers: Towers | None = None, device:
     state = load_file(str(Path(directory) / LEARNER_WEIGHTS))
     learner.load_state_dict(state)
     return PromptedCLIP(towers, learner.to(towers.device)).freeze()
+
+
+def zero_shot_classifier(towers: Towers, classes: list[str] | None = None) -> PromptedCLIP:
+    """The classifier "a photo of a {class}." makes without any tuning (CoOp at its initialisation), over
+    the tower's own classes by default (its build report's)."""
+    classes = classes or json.loads((towers.directory / "tower.json").read_text())["classes"]  # vision.tower.REPORT
+    return PromptedCLIP(towers, PromptLearner(towers, classes, "coop").to(towers.device)).freeze()
