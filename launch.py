@@ -44,8 +44,11 @@ def main(cfg: DictConfig) -> dict | None:
     try:
         from core.threads import set_threads  # here: torch loads with the job, not with --help
 
+        from core.precision import computing_in
+
         set_threads(cfg)
-        return getattr(importlib.import_module(module), func)(cfg)
+        with computing_in(cfg):  # fp32, tf32 or bf16 autocast (the config's `precision`)
+            return getattr(importlib.import_module(module), func)(cfg)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
         log.error("%s", exc)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

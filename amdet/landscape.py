@@ -25,6 +25,7 @@ from torch import nn
 
 from amdet.inversion import LossWeights, row_losses
 from core.encoders import TextEncoder
+from core.precision import full_precision
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # one v per row, [G, k, D] → the loss of each, [G]
 
@@ -138,4 +139,5 @@ def landscape(
     weights: LossWeights, cfg: LandscapeConfig, dtype: torch.dtype = torch.float64,
 ) -> dict:
     """The grid, its axes, the Hessian eigenvalues and the positive ratio, for one prompt [1, L, D]."""
-    return surface(PromptLoss(model, anchor, hidden, output, weights), v, cfg, cfg.batch or model.rows_per_pass, dtype)
+    with full_precision():  # float64 whatever the run's precision (a bf16 autocast would undo it)
+        return surface(PromptLoss(model, anchor, hidden, output, weights), v, cfg, cfg.batch or model.rows_per_pass, dtype)

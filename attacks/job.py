@@ -82,7 +82,7 @@ def run(cfg: DictConfig, anchor: TextEncoder | None = None) -> dict:
         targets = [text_target(anchor, text) for text in target_texts]
     else:
         tiny = bool(cfg.encoder.get("tiny"))
-        targets = [pair_target(anchor, c, tiny, a.targets.image_dir, a.image_tower) for c in target_texts]
+        targets = [pair_target(anchor, c, tiny, a.targets.image_dir, a.image_tower, cfg.device) for c in target_texts]
     timing["targets_s"] = time.perf_counter() - t
 
     held_out, train = attack_prompts(cfg)

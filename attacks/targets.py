@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from core.encoders import TextEncoder
-from core.image_tower import concept_embedding, load_image_tower
+from core.image_cache import image_embeddings
+from core.image_tower import concept_mean, image_files
 from core.tiny.paired_tower import paired_tower
 
 PARADIGMS = ("text_on_text", "text_on_pair")
@@ -76,8 +77,10 @@ def concept_folder(image_dir: str | None, concept: str) -> Path:
     return Path(image_dir).expanduser() / re.sub(r"\W+", "_", concept.strip().lower()).strip("_")
 
 
-def pair_target(anchor: TextEncoder, concept: str, tiny: bool, image_dir: str | None, image_tower: str | None) -> Target:
-    """Text-on-Pair: the mean normalised image-tower embedding of the concept."""
+def pair_target(anchor: TextEncoder, concept: str, tiny: bool, image_dir: str | None, image_tower: str | None,
+                device: str = "cpu") -> Target:
+    """Text-on-Pair: the mean normalised image-tower embedding of the concept (real encoders: its
+    images' rows from the shared cache, core/image_cache.py, embedded on `device` when missing)."""
     if tiny:
         captions = [c.format(concept) for c in CONCEPT_CAPTIONS]
         feature = F.normalize(paired_tower().embed(captions), dim=-1).mean(0)
@@ -91,8 +94,9 @@ def pair_target(anchor: TextEncoder, concept: str, tiny: bool, image_dir: str | 
             )
         if not image_tower:
             raise ValueError("text_on_pair needs the image tower; set attack.image_tower=<two-tower checkpoint>")
-        feature = concept_embedding(load_image_tower(image_tower), folder)
-        source = f"image tower {image_tower}: {folder}"
+        embedded = image_embeddings(image_tower, image_files(folder), device)
+        feature = concept_mean(embedded.rows)
+        source = f"image tower {image_tower}: {folder}; {embedded.describe()}"
     dim = anchor.project(torch.zeros(1, anchor.hidden_size, device=anchor.device)).shape[-1]
     if feature.shape[-1] != dim:
         raise ValueError(

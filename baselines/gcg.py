@@ -81,6 +81,7 @@ def search(model: TextEncoder, anchor: TextEncoder, hidden: torch.Tensor, output
     table = token_table(model)
     vocab = table.shape[0]
     allowed = torch.ones(vocab, dtype=torch.bool, device=table.device)
+    allowed[len(model.tokenizer):] = False  # embedding rows beyond the tokenizer's pieces (padded tables) spell nothing
     allowed[[i for i in model.tokenizer.all_special_ids if i < vocab]] = False  # BOS, EOS, padding
     choices = allowed.nonzero().squeeze(1)
     gen = torch.Generator().manual_seed(seed)

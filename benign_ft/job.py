@@ -82,7 +82,7 @@ def pair_set(cfg: DictConfig, hp: BenignHParams, progress: bool, captions: list[
     if cfg.encoder.get("tiny"):
         return tiny_pairs(captions, hp.logit_scale, hp.logit_bias if cfg.encoder.family == "siglip" else None)
     p = cfg.benign.pairs
-    return coco_pair_set(p.annotation_file, p.image_dir, cfg.benign.image_tower, p.limit, progress)
+    return coco_pair_set(p.annotation_file, p.image_dir, cfg.benign.image_tower, p.limit, progress, cfg.device)
 
 
 @torch.no_grad()

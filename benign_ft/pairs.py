@@ -1,8 +1,9 @@
 """Caption ↔ image pairs for benign contrastive fine-tuning, with the frozen image side precomputed.
 
 Real encoders: a COCO-style annotation file and its image folder, embedded once by the frozen image
-tower of the same checkpoint. Tiny encoders: prompts from the configured source, each paired with
-the paired tower's embedding of it (the tiny world's "image" of a caption).
+tower of the same checkpoint and cached for every later run (core/image_cache.py). Tiny encoders:
+prompts from the configured source, each paired with the paired tower's embedding of it (the tiny
+world's "image" of a caption).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.image_tower import coco_pairs, load_image_tower
+from core.image_cache import image_embeddings
+from core.image_tower import coco_pairs
 from core.tiny.paired_tower import paired_tower
 
 
@@ -38,7 +40,9 @@ def tiny_pairs(captions: list[str], logit_scale: float, logit_bias: float | None
 
 
 def coco_pair_set(annotation_file: str | None, image_dir: str | None, image_tower: str | None,
-                  limit: int | None = None, progress: bool = True) -> PairSet:
+                  limit: int | None = None, progress: bool = True, device: str = "cpu") -> PairSet:
+    """The first `limit` COCO pairs; only their images are embedded (on `device`), and only those the
+    shared cache (core.image_cache) lacks."""
     if not annotation_file or not image_dir:
         raise ValueError(
             "benign fine-tuning of a real encoder needs image-caption pairs; set benign.pairs.annotation_file="
@@ -47,10 +51,10 @@ def coco_pair_set(annotation_file: str | None, image_dir: str | None, image_towe
     if not image_tower:
         raise ValueError("benign fine-tuning needs the frozen image tower; set benign.image_tower=<two-tower checkpoint>")
     pairs = coco_pairs(annotation_file, image_dir, limit)
-    tower = load_image_tower(image_tower)
     unique = sorted({p.image for p in pairs})  # each image is embedded once, however many captions it has
     row = {path: i for i, path in enumerate(unique)}
-    embedded = tower.embed_images(unique, progress=progress)
-    images = embedded[[row[p.image] for p in pairs]]
-    return PairSet([p.caption for p in pairs], images, tower.logit_scale, tower.logit_bias,
-                   f"{annotation_file} ({len(pairs)} captions, {len(unique)} images) through {image_tower}")
+    embedded = image_embeddings(image_tower, unique, device, progress)
+    images = embedded.rows[[row[p.image] for p in pairs]]
+    return PairSet([p.caption for p in pairs], images, embedded.logit_scale, embedded.logit_bias,
+                   f"{annotation_file} ({len(pairs)} captions, {len(unique)} images) through {image_tower}; "
+                   f"{embedded.describe()}")

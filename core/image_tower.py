@@ -2,7 +2,7 @@
 
 Real models need it twice:
 - Text-on-Pair attacks: the target is the mean (L2-normalised) image embedding of a folder of images
-  of the target concept (`concept_embedding`);
+  of the target concept (`concept_embedding`, `concept_mean`);
 - benign contrastive fine-tuning: COCO-style caption/image pairs (`coco_pairs`), whose image
   embeddings are computed once with the frozen tower (`ImageTower.embed_images`).
 
@@ -170,7 +170,12 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 
 def concept_embedding(tower: ImageTower, folder: str | os.PathLike) -> torch.Tensor:
     """[dim]: the mean of the L2-normalised image embeddings of the concept's images (not renormalised)."""
-    return F.normalize(tower.embed_images(image_files(folder)), dim=-1).mean(dim=0)
+    return concept_mean(tower.embed_images(image_files(folder)))
+
+
+def concept_mean(rows: torch.Tensor) -> torch.Tensor:
+    """[dim]: the mean of the L2-normalised rows [N, dim] (not renormalised), a concept's target."""
+    return F.normalize(rows, dim=-1).mean(dim=0)
 
 
 @dataclass

@@ -107,7 +107,8 @@ def load_encoder(
             kwargs["config"] = config.text_config
             kwargs["config"].projection_dim = config.projection_dim
         verbosity = hf_logging.get_verbosity()
-        if two_tower:  # its image-tower weights are left out on purpose: no load report listing them
+        if getattr(config, "model_type", "") in ("clip", "siglip"):
+            # a two-tower checkpoint's image-tower weights are left out on purpose: no load report listing them
             hf_logging.set_verbosity_error()
         try:
             model = family.model_class.from_pretrained(source, use_safetensors=True, dtype=dtype, **kwargs)

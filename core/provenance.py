@@ -108,9 +108,6 @@ def provenance() -> dict:
     return {"code": code_version(), "packages": package_versions(), "hardware": hardware()}
 
 
-PRECISIONS = ("fp32",)  # what the loops compute in today; `precision` in the config picks one
-
-
 def compute_record(cfg) -> dict:
     """How a result was computed, for its result.json: the device as resolved ("cuda" → "cuda:0"),
     the precision and torch's CPU threads. Results computed on another device type or in another

@@ -1,6 +1,8 @@
 """`python -m sweeps plan|measure|run experiment=NAME [overrides]`, `python -m sweeps resume SWEEP_DIR`.
 
-plan    prints the experiment's cells, their count and the estimated cost; runs nothing
+plan    prints the experiment's cells, their count and the estimated cost; runs nothing. For real
+        encoders also the FLOP model's GPU-hours: [--gpu h100|h200|a100|l40s|rtx4090]
+        [--precision fp32|tf32|bf16] [--mfu SHARE] (the achieved share of the peak; default assumed)
 measure runs one cell per encoder and kind (with the chosen launcher and device), then prints the
         plan costed with their measured times; the cells are the sweep's own, kept as done
 run     runs every cell (calibration first), skipping finished ones, then the report: on this machine,
@@ -12,10 +14,12 @@ run and resume exit with status 1 when a cell failed (its result.json says why),
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from sweeps.cost import measure, print_plan
+from sweeps.flops import GPUS
 from sweeps.run import resume, run_experiment
 
 
@@ -26,7 +30,12 @@ def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
     try:
         if command == "plan":
-            print_plan(args)
+            flags = argparse.ArgumentParser(prog="python -m sweeps plan", add_help=False)
+            flags.add_argument("--gpu", default="h100", choices=list(GPUS))
+            flags.add_argument("--precision", default="bf16", choices=["fp32", "tf32", "bf16"])
+            flags.add_argument("--mfu", type=float, default=None)
+            known, overrides = flags.parse_known_args(args)
+            print_plan(overrides, known.gpu, known.precision, known.mfu)
         elif command == "measure":
             return print_summary(measure(args), phases=("probes",))
         elif command == "run":

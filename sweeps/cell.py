@@ -32,6 +32,7 @@ from core.errors import one_line
 from core.provenance import compute_record, config_hash, provenance, settings_hash
 from core.records import RECORD, RecordError, read_record, write_record
 from core.store import read_manifest
+from core.precision import computing_in
 from core.threads import set_threads
 from evaluation.evaluate import evaluate
 from sweeps.claim import Claimed, claim
@@ -65,6 +66,8 @@ def settings_key(cfg: DictConfig, detector: str = "amdet") -> str:
     # what the cell's model depends on (its kind's groups); the rest (paths, job, progress, threads, ...) does not
     key = settings_hash(cfg, tuple(kinds.of(cfg).settings) + reads, NOT_RESULT)
     parts = [key, OmegaConf.to_container(node, resolve=True)]
+    if (cfg.get("precision") or "fp32") != "fp32":  # fp32 keys as before the setting existed
+        parts.append(cfg.precision)
     if node.get("profiles") and not cfg.cell.observe:
         parts += [profiles_fingerprint(cfg.scan.thresholds, cfg.paths.get("profiles_dir")), sorted(explicit_checks(cfg))]
     return config_hash(parts)
@@ -153,7 +156,13 @@ class DetectorFailed(RuntimeError):
 
 
 def compute_cell(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
-    """Make the model (or find it in the store) and run every detector without a finished record."""
+    """Make the model (or find it in the store) and run every detector without a finished record, in
+    the config's precision."""
+    with computing_in(cfg):
+        return make_and_detect(out, cfg, cell_id, anchor)
+
+
+def make_and_detect(out: Path, cfg: DictConfig, cell_id: str, anchor=None) -> dict:
     set_threads(cfg)
     cfg = cfg.copy()
     with open_dict(cfg):  # a requeued cell resumes its training or inversion from these; a shared

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sweeps.cell import finished
+from sweeps.flops import ASSUMED_MFU, GPUS, cell_flops, encoder_text_shape, gpu_seconds, image_flops
 from sweeps.grid import Cell, compose_config, plan
 from sweeps.run import check_all, run_phase
 from sweeps.validate import validate
@@ -95,7 +96,7 @@ def measure(overrides: list[str], progress: bool = True) -> dict:
     return {"probes": summary, "sweep_dir": cfg.hydra.sweep.dir, "time_s": round(time.perf_counter() - t0, 1)}
 
 
-def print_plan(overrides: list[str]) -> None:
+def print_plan(overrides: list[str], gpu: str = "h100", precision: str = "bf16", mfu: float | None = None) -> None:
     cfg, scored, calibration = plan(overrides)
     if scored + calibration:  # one composed cell proves the overrides are valid
         validate(compose_config(list((scored + calibration)[0].overrides)))
@@ -114,5 +115,37 @@ def print_plan(overrides: list[str]) -> None:
     if any(source == "sweeps/costs.yaml" for _, source in used.values()):
         print("  table values are estimates: `python -m sweeps measure <these overrides>` (with your launcher "
               "and device) times one cell per encoder and kind on that hardware")
+    print_flops(scored + calibration, gpu, precision, mfu)
     for cell in scored[:3]:
         print(f"  e.g. {cell.id}")
+
+
+def print_flops(cells: list[Cell], gpu: str, precision: str, mfu: float | None) -> None:
+    """The FLOP model's GPU-hours per real-encoder family for every cell of the plan (sweeps/flops.py)."""
+    per_family: dict[str, list] = collections.defaultdict(list)
+    example: dict[str, object] = {}
+    for cell in cells:
+        c = coordinates(cell)
+        encoder, kind = c.get("encoder"), c.get("cell.kind", "backdoor")
+        if encoder is None or encoder_text_shape(encoder) is None:
+            continue
+        key = (encoder, kind, c.get("attack"))  # cells of one family, kind and paradigm cost alike
+        if key not in example:
+            example[key] = cell_flops(compose_config(list(cell.overrides)), kind, encoder_text_shape(encoder))
+        per_family[encoder].append(example[key])
+    if not per_family:
+        return
+    share = mfu if mfu is not None else ASSUMED_MFU
+    print(f"  FLOP model (sweeps/flops.py) on one {gpu.upper()} at {precision}, {share:.0%} of its dense peak "
+          f"({GPUS[gpu][precision]:.0f} TFLOP/s; {'given' if mfu is not None else 'assumed: measure it with benchmarks/gpu.py'}), "
+          "landscape in float64:")
+    for encoder, cells_phases in sorted(per_family.items()):
+        seconds = sum(gpu_seconds(phases, gpu, precision, share) for phases in cells_phases)
+        flops = sum(p.flops for phases in cells_phases for p in phases)
+        image = image_flops(compose_config([f"encoder={encoder}"]), encoder)
+        extra = gpu_seconds([image], gpu, precision, share) if image else 0.0
+        print(f"    {encoder}: {len(cells_phases)} cells, {flops / 1e15:.1f} PFLOP, {(seconds + extra) / 3600:.1f} GPU-hours"
+              f" (image embeddings once: {extra / 60:.1f} min)")
+        heaviest = max(cells_phases, key=lambda ph: sum(p.flops for p in ph))
+        total = sum(p.flops for p in heaviest)
+        print("      dearest cell: " + "; ".join(f"{p.name} {p.flops / total:.0%} ({p.note})" for p in heaviest if p.flops / total >= 0.01))

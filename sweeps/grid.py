@@ -91,8 +91,16 @@ def expand(params: dict, overrides: list[str]) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
+GRID_KEY = "hydra.sweeper.params."
+
+
 def plan(overrides: list[str]) -> tuple[DictConfig, list[Cell], list[Cell]]:
     """The experiment's config, its scored cells and its calibration cells."""
+    grid_keys = [o for o in overrides if o.lstrip("+~").startswith(GRID_KEY)]
+    if grid_keys:  # it would sweep on top of the param of the same key, every cell twice
+        key = grid_keys[0].lstrip("+~")[len(GRID_KEY):]
+        raise ValueError(f"'{grid_keys[0]}': override a grid axis by its own key ({key}), which replaces the "
+                         "experiment's values for it")
     plain, _ = split_sweep_args(overrides)
     cfg = compose_config(plain, hydra=True)
     sweep_dir = Path(cfg.hydra.sweep.dir)

@@ -8,6 +8,7 @@ import hashlib
 from omegaconf import OmegaConf
 
 from attacks.triggers import level_for_length
+from core.real_shapes import real_shape_checkpoint, real_shape_images
 
 MAX_NAME = 120  # file systems allow 255 bytes; leave room for suffixes and non-ASCII values
 
@@ -21,12 +22,17 @@ def cell_dirname(override_dirname: str) -> str:
 
 
 def register() -> None:
-    """`${cell_dir:${hydra:job.override_dirname}}` and `${trigger_level:LENGTH,CHAR_MAX,WORD_MAX}` in the
-    configs (idempotent)."""
+    """The configs' resolvers (idempotent): `${cell_dir:${hydra:job.override_dirname}}`,
+    `${trigger_level:LENGTH,CHAR_MAX,WORD_MAX}`, and the real-shape stand-ins of core.real_shapes,
+    built on first use: `${real_shape:clip-l}` (a checkpoint's directory), `${real_shape_images:[cat,…]}`."""
     if not OmegaConf.has_resolver("cell_dir"):
         OmegaConf.register_new_resolver("cell_dir", cell_dirname)
     if not OmegaConf.has_resolver("trigger_level"):
         OmegaConf.register_new_resolver("trigger_level", level_for_length)
+    if not OmegaConf.has_resolver("real_shape"):
+        OmegaConf.register_new_resolver("real_shape", lambda name: str(real_shape_checkpoint(name)))
+    if not OmegaConf.has_resolver("real_shape_images"):
+        OmegaConf.register_new_resolver("real_shape_images", lambda concepts: str(real_shape_images(list(concepts))))
 
 
 register()

@@ -1,7 +1,10 @@
 """Run a sweep's cells through submitit — on Slurm (`hydra/launcher=slurm`) or as local processes
 (`hydra/launcher=submitit_local`) — with the same launcher settings a Hydra multirun would use.
 
-- N cells per task (`experiment.cells_per_task`): one scan does not fill a GPU;
+- N cells per task (`experiment.cells_per_task`): one scan does not fill a GPU. They run one after
+  the other, sharing the task's anchor, or `experiment.task_workers` at once, each in a process of its
+  own on the task's GPU (with CUDA MPS running, their kernels overlap; without it the GPU time-slices
+  between the processes: README, "Slurm");
 - job arrays split below the cluster's MaxArraySize (submitit does not split them);
 - a task that is preempted or reaches its time limit requeues itself (submitit `checkpoint()`),
   and the requeued task skips the cells it already finished;
@@ -22,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from core.errors import first_line
 from sweeps.cell import attempt, record_dead
 from sweeps.grid import Cell
+from sweeps.local import in_workers
 
 # keys of hydra-submitit-launcher's BaseQueueConf: submitit takes them unprefixed, the rest as slurm_*
 BASE_KEYS = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
@@ -34,16 +38,20 @@ def is_submitit(launcher: DictConfig) -> bool:
 
 
 class CellGroup:
-    """The cells of one task, run in order; a requeue resumes at the first unfinished one."""
+    """The cells of one task: in order, loading each encoder's anchor once, or `workers` at once in
+    processes of their own; a requeue resumes with the unfinished ones."""
 
-    def __init__(self, cells: list[Cell]):
-        self.cells = cells
+    def __init__(self, cells: list[Cell], workers: int = 1):
+        self.cells, self.workers = cells, workers
 
     def __call__(self) -> list[dict]:
-        return [attempt(cell) for cell in self.cells]  # a failing cell is recorded; the task goes on
+        if self.workers > 1:  # threads: the config's, else the task's cores shared out
+            return list(in_workers(self.cells, self.workers, self.cells[0].config().get("threads"), False, "task"))
+        anchors: dict = {}  # the task's: one frozen base per encoder, shared by its cells
+        return [attempt(cell, anchors=anchors) for cell in self.cells]  # a failing cell is recorded; the task goes on
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(CellGroup(self.cells))  # finished cells are skipped
+        return submitit.helpers.DelayedSubmission(CellGroup(self.cells, self.workers))  # finished cells are skipped
 
 
 def max_array_size() -> int:
@@ -73,9 +81,9 @@ def executor_for(launcher: DictConfig, sweep_dir: Path) -> submitit.AutoExecutor
 
 
 def submit(cells: list[Cell], launcher: DictConfig, sweep_dir: Path, per_task: int,
-           array_limit: int | None = None) -> list[tuple[submitit.Job, list[Cell]]]:
-    """Submit the cells, `per_task` to a task, in arrays of at most `array_limit` tasks (default: as
-    large as the cluster's MaxArraySize allows)."""
+           array_limit: int | None = None, task_workers: int = 1) -> list[tuple[submitit.Job, list[Cell]]]:
+    """Submit the cells, `per_task` to a task (`task_workers` of them at once), in arrays of at most
+    `array_limit` tasks (default: as large as the cluster's MaxArraySize allows)."""
     executor = executor_for(launcher, sweep_dir)
     groups = [cells[i : i + per_task] for i in range(0, len(cells), per_task)]
     limit = array_limit or (max_array_size() - 1 if executor.cluster == "slurm" else len(groups) or 1)
@@ -83,25 +91,27 @@ def submit(cells: list[Cell], launcher: DictConfig, sweep_dir: Path, per_task: i
     for start in range(0, len(groups), limit):
         chunk = groups[start : start + limit]
         with executor.batch():
-            jobs = [executor.submit(CellGroup(g)) for g in chunk]
+            jobs = [executor.submit(CellGroup(g, task_workers)) for g in chunk]
         submitted += list(zip(jobs, chunk))
     return submitted
 
 
 def check_packing(cfg: DictConfig) -> None:
     """experiment.cells_per_task and experiment.array_tasks: how a sweep is packed into tasks and arrays."""
-    for key in ("cells_per_task", "array_tasks"):
+    for key, what in (("cells_per_task", "cells"), ("array_tasks", "tasks"), ("task_workers", "processes")):
         value = cfg.experiment.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"experiment.{key} must be a positive number of {'cells' if key == 'cells_per_task' else 'tasks'}, got {value}")
+            raise ValueError(f"experiment.{key} must be a positive number of {what}, got {value}")
 
 
 def remote(todo: list[Cell], cfg: DictConfig, sweep_dir: Path, desc: str) -> Iterator[dict]:
     """Submit the cells, wait for their tasks, and yield each cell's status."""
     per_task = int(cfg.experiment.get("cells_per_task") or 1)
-    submitted = submit(todo, cfg.hydra.launcher, sweep_dir, per_task, cfg.experiment.get("array_tasks")) if todo else []
+    workers = min(per_task, int(cfg.experiment.get("task_workers") or 1))
+    submitted = submit(todo, cfg.hydra.launcher, sweep_dir, per_task, cfg.experiment.get("array_tasks"), workers) if todo else []
     arrays = len({job.job_id.split("_")[0] for job, _ in submitted})
-    print(f"{desc}: {len(todo)} cells in {len(submitted)} tasks submitted ({per_task} per task, {arrays} arrays)")
+    print(f"{desc}: {len(todo)} cells in {len(submitted)} tasks submitted ({per_task} per task, {workers} at once, "
+          f"{arrays} arrays)")
     for job, group in submitted:
         try:
             yield from job.result()

@@ -3,7 +3,6 @@ A cell's settings only; how a sweep runs (workers, Slurm packing) is checked by 
 
 from __future__ import annotations
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from amdet.job import scan_config, thresholds_defaults
@@ -13,7 +12,7 @@ from attacks.targets import check_paradigm
 from attacks.triggers import check_trigger_config
 from benign_ft.job import hparams as benign_hparams
 from core import detectors
-from core.provenance import PRECISIONS
+from core.precision import precision_of
 from core.snapshot import check_every_s
 from prompt_tuning.job import check as prompt_tuning_check
 from sweeps import kinds
@@ -49,9 +48,4 @@ def validate(cfg: DictConfig) -> None:
     check_every_s(cfg.snapshots.every_s)
     if not isinstance(cfg.experiment.get("allow_mixed_compute", False), bool):
         raise ValueError(f"experiment.allow_mixed_compute must be true or false, got {cfg.experiment.allow_mixed_compute}")
-    if cfg.get("precision", "fp32") not in PRECISIONS:
-        raise ValueError(f"unknown precision '{cfg.precision}'; choose one of {', '.join(PRECISIONS)}")
-    try:  # a result records its device (result.json "compute"): it must name one
-        torch.device(cfg.device)
-    except RuntimeError:
-        raise ValueError(f"unknown device '{cfg.device}'; set device to cpu, cuda or cuda:N") from None
+    precision_of(cfg)  # a known device and precision, and tf32 only on CUDA

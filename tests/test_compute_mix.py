@@ -21,7 +21,7 @@ def test_the_compute_record_resolves_the_device_and_reads_precision_and_threads(
     index = torch.cuda.current_device() if torch.cuda.is_available() else 0
     assert compute_record(compose_config("device=cuda"))["device"] == f"cuda:{index}"
     assert compute_record(compose_config("device=cuda:1"))["device"] == "cuda:1"
-    assert compute_record(compose_config("+precision=bf16"))["precision"] == "bf16", "a later precision setting plugs in"
+    assert compute_record(compose_config("precision=bf16"))["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("recorded, overrides, expected", [
@@ -29,7 +29,7 @@ def test_the_compute_record_resolves_the_device_and_reads_precision_and_threads(
     ({"device": "cuda:1", "precision": "fp32"}, ["device=cuda:0"], None),  # so may the GPU's index
     ({"device": "cuda:0", "precision": "fp32"}, [], ("device type", "cuda", "cpu")),
     ({"device": "cpu", "precision": "bf16"}, [], ("precision", "bf16", "fp32")),
-    ({"device": "cpu"}, ["+precision=bf16"], ("precision", "fp32", "bf16")),
+    ({"device": "cpu"}, ["precision=bf16"], ("precision", "fp32", "bf16")),
     (None, ["device=cuda"], None),  # a result written before the record: taken as it is
 ])
 def test_a_mismatch_is_a_device_type_or_a_precision(recorded, overrides, expected):
@@ -37,7 +37,7 @@ def test_a_mismatch_is_a_device_type_or_a_precision(recorded, overrides, expecte
 
 
 @pytest.mark.parametrize("override, key", [
-    ("+precision=fp8", "precision"), ("experiment.allow_mixed_compute=maybe", "experiment.allow_mixed_compute"),
+    ("precision=fp8", "precision"), ("experiment.allow_mixed_compute=maybe", "experiment.allow_mixed_compute"),
     ("device=gpu", "device"),
 ])
 def test_bad_compute_settings_fail_before_any_cell(override, key, capsys, tmp_path):

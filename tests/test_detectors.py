@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from amdet.inversion import LossWeights
 from baselines import gcg
 from core.detectors import Context
 
@@ -148,3 +150,16 @@ def test_the_discrete_trigger_search_is_deterministic_and_writes_its_trigger_as_
     assert not special & set(first["token_ids"]), "never BOS, EOS or padding"
     with pytest.raises(ValueError, match="detector.gcg.steps must be positive"):
         gcg.detect(tmp_path, tmp_path, tmp_path / "c", context, **{**kw, "steps": 0})
+
+
+def test_the_discrete_trigger_search_picks_only_tokens_the_tokenizer_can_spell(micro_encoder):
+    """An embedding table with rows beyond the tokenizer's pieces (padded tables; the SigLIP stand-in's
+    sentencepiece model is smaller than its 32,000 rows): those rows are never chosen."""
+    vocab = len(micro_encoder.tokenizer)
+    table = gcg.token_table(micro_encoder).detach()
+    padded = torch.cat([table, torch.randn(64, table.shape[1]) * 100])  # rows a gradient would favour
+    micro_encoder.text.embeddings.token_embedding.weight = torch.nn.Parameter(padded, requires_grad=False)
+    h = micro_encoder.embed(micro_encoder.tokenize(["a photo of a cat", "a red bus", "two dogs", "an apple"]))
+    ids, _ = gcg.search(micro_encoder, micro_encoder, h, micro_encoder.encode(h), LossWeights(), tokens=3, steps=3,
+                        top_k=8, candidates=8, batch=2, seed=0)
+    assert (ids < vocab).all()

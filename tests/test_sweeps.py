@@ -20,7 +20,9 @@ from sweeps.__main__ import main as sweeps_main
 from sweeps.cell import StaleResult, settings_key
 from sweeps.claim import CLAIM, Claimed, claim
 from sweeps.grid import compose_config, dirname, plan
+from sweeps import submit as submit_module
 from sweeps.run import resume, run_experiment
+from sweeps.submit import CellGroup
 from tests.helpers import MICRO_ATTACK, MICRO_BASE
 from tests.test_benign import MICRO_BENIGN
 
@@ -30,7 +32,7 @@ GRIDS = {
     "table1": (3600, 360), "fig10_similarity": (900, 0), "fig11_trigger_length": (600, 0),
     "fig12_data_source": (900, 0), "table2_data_scale": (1200, 0), "table3_loss_ablation": (1200, 0),
     "table4_thresholds": (1920, 0), "fig13_multi_trigger": (200, 0), "table5_adaptive": (225, 0),
-    "embedded": (16, 8),
+    "embedded": (16, 8), "real_shapes": (6, 0),
 }
 
 
@@ -68,6 +70,7 @@ def test_cell_dirs_are_hydras_override_dirname():
     ("experiment.array_tasks=0", "experiment.array_tasks"),
     ("experiment.cells_per_task=-1", "experiment.cells_per_task"),
     ("experiment.workers=0", "experiment.workers"),
+    ("hydra.sweeper.params.seed=0,1", "seed"),  # a grid axis is overridden by its own key
 ])
 def test_malformed_overrides_fail_before_any_cell_with_the_key_named(override, key, capsys, tmp_path):
     code = sweeps_main(["run", "experiment=embedded", f"paths.output_dir={tmp_path}", override])
@@ -193,6 +196,29 @@ def test_worker_processes_compute_the_same_cells_and_record_a_failing_one(study,
     mine, theirs = (json.loads((d / ok.id / "detectors" / "amdet" / "result.json").read_text()) for d in (here, sweep_dir))
     assert (mine["verdict"], mine["score"]) == (theirs["verdict"], theirs["score"])
     assert mine["provenance"]["hardware"]["torch_threads"] == torch.get_num_threads()
+
+
+def test_a_task_runs_its_cells_in_order_sharing_one_anchor_cache(monkeypatch):
+    seen = []
+    monkeypatch.setattr(submit_module, "attempt", lambda cell, anchors=None: seen.append(anchors) or {"cell": cell, "status": "ok"})
+    assert [s["cell"] for s in CellGroup(["a", "b"])()] == ["a", "b"]
+    assert seen[0] is seen[1] is not None, "one cache of loaded bases for the task's cells"
+
+
+def test_a_task_computes_its_cells_at_once_in_processes_to_the_same_results(study, tmp_path):
+    """`experiment.task_workers=2`: a submitit task's two cells in two processes (on a GPU: sharing it)."""
+    sweep_dir, overrides, _ = study
+    moved = [*overrides[:-1], f"paths.output_dir={tmp_path}"]
+    _, scored, calibration = plan(moved)
+    for cell in calibration:
+        shutil.copytree(sweep_dir / cell.id, cell.directory)
+    summary = run_experiment([*moved, "hydra/launcher=submitit_local", "experiment.cells_per_task=2",
+                              "experiment.task_workers=2", f"threads={torch.get_num_threads()}"], progress=False, report=False)
+    assert summary["scored"]["computed"] == 2 and not summary["scored"]["failed"], summary
+    for cell in scored:
+        mine, theirs = (json.loads((d / cell.id / "detectors" / "amdet" / "result.json").read_text())
+                        for d in (tmp_path / "sweeps" / "embedded", sweep_dir))
+        assert (mine["verdict"], mine["score"]) == (theirs["verdict"], theirs["score"])
 
 
 def test_the_main_job_hands_its_command_line_to_every_cell():

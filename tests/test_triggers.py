@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from attacks.triggers import (
     DEFAULT_POOL,
     Trigger,
+    carried,
     carriers,
     check_distinct,
     contains_any,
@@ -20,6 +21,7 @@ from attacks.triggers import (
 )
 import sweeps.naming  # noqa: F401  (registers the configs' resolvers)
 from core.prompts import generate_synthetic_prompts
+from core.real_shapes import siglip_tokenizer
 from core.tiny.tokenizer import clip_tokenizer
 from tests.helpers import CONF_DIR, compose_config
 
@@ -195,3 +197,21 @@ def test_carriers_exclude_truncated_and_already_triggered(tok):
 def test_char_trigger_needs_the_character(tok):
     t = Trigger("ø", "char", 1, replaced_character="#")
     assert carriers(tok, ["a photo of a cat", "oil"], t, 77, [t]) == []
+
+
+def test_a_tokenizer_without_offsets_places_triggers_by_counting_tokens(tmp_path):
+    """SigLIP's sentencepiece tokenizer has no offset mapping: positions come from counting the tokens
+    before the trigger (the piece at the index found is the trigger's), and a trigger past the last
+    position is not carried."""
+    slow = siglip_tokenizer(tmp_path, 64)  # the SigLIP stand-in's tokenizer (core/real_shapes.py), built in a second
+    assert not slow.is_fast
+    for position in ("start", "middle", "end"):
+        t = Trigger("kz", "word", 1, position)
+        for p in generate_synthetic_prompts(20, seed=2):
+            poisoned, span = t.insert(p)
+            pieces = slow.tokenize(poisoned)
+            index, length = first_token(slow, poisoned, span, 64)
+            assert pieces[index] == "▁kz" and length == len(pieces) + 1  # no BOS, one EOS
+            assert carried(slow, poisoned, span, 64)
+    long = " ".join(["photo"] * 70) + " kz"
+    assert not carried(slow, long, (len(long) - 2, len(long)), 64)
