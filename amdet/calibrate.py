@@ -2,8 +2,11 @@
 
 `python launch.py job=calibrate job.models_dir=DIR` scans every stored model under DIR (its
 manifest says backdoor or benign, and which base is its anchor) in *observe* mode: checks at every
-cadence point from the first step, no early stop, the landscape at the end. Each model then gives
-one value per statistic (the best it reached), and each threshold is fitted on those values:
+cadence point from the first step, no early stop, the landscape at the end. Models this harness did
+not make come with a labels file instead: `job.labels=FILE.csv scan.anchor_path=DIR` (columns
+`path,label`, label `backdoor` or `benign`, paths relative to the CSV's folder; the CSV is their
+ground truth, no manifest needed). Each model then gives one value per statistic (the best it
+reached), and each threshold is fitted on those values:
 
 - a statistic that separates the classes gets the midpoint of the gap;
 - one that overlaps but still ranks well (AUROC ≥ 0.9) gets the split with the best Youden J;
@@ -25,11 +28,11 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import statistics
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -37,6 +40,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from amdet.checks import CheckThresholds
 from amdet.job import scan_to  # the one-model scan, run in observe mode
 from amdet.profiles import model_identity, profile_name
+from core.errors import first_line
+from core.loading import check_model_dir
 from core.store import MANIFEST, atomic_write, read_manifest
 from evaluation.truth import ground_truth  # calibration is fitted on labelled models: it reads their labels
 
@@ -127,6 +132,32 @@ def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds, min_mod
     return thresholds, score_cut, report
 
 
+LABELS = ("backdoor", "benign")
+
+
+def labelled_models(csv: str | Path) -> list[tuple[Path, dict]]:
+    """(model dir, truth) of each row of a labels CSV (`path,label`; paths relative to its folder)."""
+    csv = Path(csv).expanduser()
+    if not csv.is_file():
+        raise FileNotFoundError(f"job.labels: no file {csv}; give a CSV with columns path,label")
+    try:
+        table = pd.read_csv(csv, dtype=str, skipinitialspace=True)
+    except Exception as exc:  # noqa: BLE001 — pandas' parser errors have several types
+        raise ValueError(f"job.labels: {csv} is not a readable CSV ({first_line(exc)})") from None
+    missing = [c for c in ("path", "label") if c not in table.columns]
+    if missing:
+        raise ValueError(f"job.labels: {csv} lacks the column(s) {', '.join(missing)}; its header must be path,label")
+    models = []
+    for row, (path, label) in enumerate(zip(table["path"], table["label"]), start=2):  # line 1 is the header
+        label = str(label).strip().lower()
+        if label not in LABELS:
+            raise ValueError(f"job.labels: {csv} line {row}: label '{label}' is neither backdoor nor benign")
+        directory = (csv.parent / str(path).strip()).resolve()
+        check_model_dir(directory)
+        models.append((directory, {"kind": label, "source": f"labels: {csv}"}))
+    return models
+
+
 def calibration_models(c: DictConfig) -> list[Path]:
     """Stored models (a manifest of kind backdoor or benign) from job.models and job.models_dir."""
     found = [Path(p) for p in (c.models or [])]
@@ -141,8 +172,9 @@ def calibration_models(c: DictConfig) -> list[Path]:
             raise FileNotFoundError(f"calibration model {path} has no {MANIFEST}: calibration needs stored models whose kind is known")
         if read_manifest(path).get("kind") in ("backdoor", "benign"):
             models.append(path)
-    if not models:
-        raise ValueError("no calibration models: give job.models_dir=DIR (a model store) or job.models=[DIR,...]")
+    if not models and not c.get("labels"):
+        raise ValueError("no calibration models: give job.models_dir=DIR (a model store), job.models=[DIR,...] "
+                         "or job.labels=FILE.csv (path,label)")
     return models
 
 
@@ -152,18 +184,22 @@ def run(cfg: DictConfig) -> dict:
 
 def calibrate_to(out: Path, cfg: DictConfig) -> dict:
     """Scan each calibration model in observe mode (its result in out/scans/), fit, write the profile."""
+    stored = [(path, ground_truth(path)) for path in calibration_models(cfg.job)]
+    labelled = labelled_models(cfg.job.labels) if cfg.job.get("labels") else []
+    if labelled and not cfg.scan.anchor_path:
+        raise ValueError("job.labels: set scan.anchor_path=DIR, the clean base the labelled models were fine-tuned from")
     results = []
-    for i, path in enumerate(calibration_models(cfg.job)):
-        manifest = read_manifest(path)
+    for i, (path, truth) in enumerate(stored + labelled):
+        manifest = read_manifest(path) if (path / MANIFEST).is_file() else {}
         anchor = cfg.scan.anchor_path or manifest.get("base")
         scan_cfg = OmegaConf.merge(cfg, {"scan": {"model_path": str(path), "anchor_path": anchor, "thresholds": None}})
-        target = out / "scans" / f"{i:03d}-{manifest['kind']}-seed{manifest.get('seed')}"
+        target = out / "scans" / f"{i:03d}-{truth['kind']}-{'seed' + str(manifest.get('seed')) if manifest else path.name}"
         done = json.loads((target / "result.json").read_text()) if (target / "result.json").is_file() else {}
         if done.get("status") == "ok" and done.get("model_path") == str(path):  # a rerun reuses finished scans
             results.append(done)
         else:
             results.append(scan_to(target, scan_cfg, observe=True))
-        results[-1]["truth"] = ground_truth(path)
+        results[-1]["truth"] = truth
     profile = fit_profile(results, cfg)
     target = Path(cfg.job.out) if cfg.job.out else Path(cfg.paths.profiles_dir) / f"{profile['profile']}.yaml"
     return {**profile, "path": str(write_profile(target, profile))}

@@ -76,23 +76,23 @@ def evaluate_checks(
         diff_cos.append(tokenwise_cosine(out, anchor.encode(h_v)))
         seen = i + len(out)
         if early_exit and seen < n:
+            hits = torch.stack([(torch.cat(assim) > t.assim_token).sum(), (torch.cat(same)[1:] > t.same_token).sum(),
+                                (torch.cat(diff_cos) < t.diff_token).sum()]).tolist()  # one host sync a batch
             passes = {
-                "assim_pass": settled(int((torch.cat(assim) > t.assim_token).sum()), seen, n, t.assim_ratio),
-                "same_pass": settled(int((torch.cat(same)[1:] > t.same_token).sum()), seen - 1, n - 1, t.same_ratio),
-                "diff_pass": settled(int((torch.cat(diff_cos) < t.diff_token).sum()), seen, n, t.diff_ratio),
+                "assim_pass": settled(hits[0], seen, n, t.assim_ratio),
+                "same_pass": settled(hits[1], seen - 1, n - 1, t.same_ratio),
+                "diff_pass": settled(hits[2], seen, n, t.diff_ratio),
             }
             if False in passes.values() or None not in passes.values():
                 break
     assim, same, diff_cos = torch.cat(assim), torch.cat(same)[1:], torch.cat(diff_cos)
-    stats = {
-        "checked": len(assim),
-        "assim_ratio": (assim > t.assim_token).float().mean().item(),
-        "same_ratio": (same > t.same_token).float().mean().item() if len(same) else 0.0,
-        "diff_ratio": (diff_cos < t.diff_token).float().mean().item(),
-        "assim_mean": assim.mean().item(),
-        "same_mean": same.mean().item() if len(same) else 0.0,
-        "anchor_cos_mean": diff_cos.mean().item(),
-    }
+    zero = assim.new_zeros(())
+    values = torch.stack([
+        (assim > t.assim_token).float().mean(), (same > t.same_token).float().mean() if len(same) else zero,
+        (diff_cos < t.diff_token).float().mean(), assim.mean(), same.mean() if len(same) else zero, diff_cos.mean(),
+    ]).tolist()  # one host sync for the pass's statistics
+    stats = {"checked": len(assim), **dict(zip(
+        ("assim_ratio", "same_ratio", "diff_ratio", "assim_mean", "same_mean", "anchor_cos_mean"), values))}
     if len(assim) == n:  # every prompt seen: the exact outcome
         passes = {"assim_pass": stats["assim_ratio"] > t.assim_ratio, "same_pass": stats["same_ratio"] > t.same_ratio,
                   "diff_pass": stats["diff_ratio"] > t.diff_ratio}
@@ -106,6 +106,6 @@ def mean_assimilation(model: TextEncoder, hidden: torch.Tensor, v: torch.Tensor,
     """Mean assimilation of the prompts' outputs with v inserted: the scan's continuous score.
     A backdoor's v collapses every output onto one target (≈ 1); a benign model's cannot."""
     batch = batch or model.rows_per_pass
-    total = sum(assimilation(model.encode(insert(hidden[i : i + batch], v, model.insert_position))).sum().item()
-                for i in range(0, len(hidden), batch))
-    return total / len(hidden)
+    total = sum(assimilation(model.encode(insert(hidden[i : i + batch], v, model.insert_position))).sum().double()
+                for i in range(0, len(hidden), batch))  # float32 batch sums added in double, as before: same score
+    return total.item() / len(hidden)

@@ -89,7 +89,8 @@ def row_losses(
 def inversion_loss(
     model: TextEncoder, anchor: TextEncoder, hidden: torch.Tensor, output: torch.Tensor, v: torch.Tensor,
     weights: LossWeights,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The inversion loss of one batch (mean over rows), and its terms for the log."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The inversion loss of one batch (mean over rows), and its terms for the log (0-d tensors, left
+    on the device: the caller reads them with the loss in one host sync)."""
     loss, terms = row_losses(model, anchor, hidden, output, v, weights)
-    return loss.mean(), {k: t.mean().item() for k, t in terms.items()}
+    return loss.mean(), {k: t.detach().mean() for k, t in terms.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -82,15 +83,16 @@ class Trajectory:
             self.order = self.data.train[torch.randperm(len(self.data.train), generator=self.gen)]
         idx = self.order[self.batch * self.cfg.batch_size : (self.batch + 1) * self.cfg.batch_size]
         loss, terms = inversion_loss(model, anchor, self.data.hidden[idx], self.data.output[idx], self.v, self.cfg.weights)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"inversion loss became {loss.item()} at step {self.steps}; lower scan.lr or check the model for NaN weights"
-            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.steps, self.batch, self.total = self.steps + 1, self.batch + 1, self.total + loss.item()
-        return self.total / self.batch, terms
+        value, *rest = torch.stack([loss.detach(), *terms.values()]).tolist()  # the step's one host sync
+        if not math.isfinite(value):  # v is spoilt too: the scan ends here
+            raise FloatingPointError(
+                f"inversion loss became {value} at step {self.steps}; lower scan.lr or check the model for NaN weights"
+            )
+        self.steps, self.batch, self.total = self.steps + 1, self.batch + 1, self.total + value
+        return self.total / self.batch, dict(zip(terms, rest))
 
     @property
     def epoch_done(self) -> bool:

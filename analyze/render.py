@@ -51,6 +51,8 @@ def metric_display(tab: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
             out[name] = tab[name].map(num)
         if f"{name} (paper)" in tab:
             out[f"{name} (paper)"] = tab[f"{name} (paper)"].map(num)
+        if name == "Sim" and "flagged_low_sim" in tab and tab["flagged_low_sim"].notna().any():
+            out["flagged, Sim < 0.5"] = [("–" if pd.isna(v) else str(int(v))) for v in tab["flagged_low_sim"]]
     out["Time s"] = [mean_std(m, s) for m, s in zip(tab["time"], tab["time_std"])]
     if "time (paper)" in tab:
         std = tab["time_std (paper)"] if "time_std (paper)" in tab else [None] * len(tab)

@@ -34,6 +34,8 @@ METHOD_NOTES = """\
   backdoored and benign models differ in a way anything finds, and the benchmark says little about the
   detector; an AUROC far below 50 separates them as well, the other way round.
 - Sim and ASR are read as fractions from result.json and shown in percent; Sim averages backdoored models.
+  "flagged, Sim < 0.5": flagged backdoors whose reversed feature is not their trigger's (flagged
+  without recovering the feature: detection for another reason than the one the method claims).
 - Average row as in the paper: mean of the rows for P/R/F1/AUROC/Sim (its interval from the same
   resamples), detection time pooled over all scans.
 - Paper columns: the AMDET paper's Table I (RTX 4090). A row marked "(family)" is a tiny encoder set

@@ -28,6 +28,7 @@ ABLATION_GROUP = {
 }
 LOSS_TERMS = ("assim", "dev", "anchor")  # Table III's terms, in the paper's order; conf/losses sets their weights
 PAPER_METRICS = ("P", "R", "F1", "AUROC", "Sim", "ASR", "time")
+LOW_SIM = 0.5  # a flagged backdoor below this Sim was flagged without recovering its trigger's feature
 TIME_COLUMN = "time_s"  # the detection time of the result.json schema (the scan, in seconds)
 # the threshold regimes a scan records a verdict under (collect's verdict_<regime> columns), in report order
 REGIMES = {"paper": "paper's fixed thresholds (CLIP-L values)", "calibrated": "calibrated per-encoder profile"}
@@ -183,8 +184,10 @@ def metric_table(df: pd.DataFrame, by: list[str], n_boot: int = 1000, seed: int 
             row.update({name: est[name][g], f"{name}_lo": bounds[name][0][g], f"{name}_hi": bounds[name][1][g]})
         # Sim and ASR are fractions in result.json; shown in percent like the paper
         row.update(Sim=100 * mean(sim[pos]), ASR=100 * mean(asr[pos]), time=mean(time[m]), time_std=std(time[m]))
+        flagged = pos & pred & ~np.isnan(sim)  # flagged for the wrong reason: the feature was not recovered
+        row["flagged_low_sim"] = int((sim[flagged] < LOW_SIM).sum()) if flagged.any() else np.nan
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*by, "n_backdoor", "n_benign", *stat_columns()]), reps
+    return pd.DataFrame(rows, columns=[*by, "n_backdoor", "n_benign", *stat_columns(), "flagged_low_sim"]), reps
 
 
 def strata_of(df: pd.DataFrame, by: list[str]) -> np.ndarray:
@@ -237,7 +240,8 @@ def average_row(df: pd.DataFrame, tab: pd.DataFrame, reps: dict) -> pd.DataFrame
     row = {"encoder": "Average", "paper_row": "Average",
            "n_backdoor": int(done["kind"].eq("backdoor").sum()), "n_benign": int(done["kind"].eq("benign").sum()),
            "Sim": mean(tab["Sim"].to_numpy(float)), "ASR": mean(tab["ASR"].to_numpy(float)),
-           "time": mean(time), "time_std": std(time)}
+           "time": mean(time), "time_std": std(time),
+           "flagged_low_sim": tab["flagged_low_sim"].sum(min_count=1) if "flagged_low_sim" in tab else np.nan}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rows where a metric is undefined throughout
         for name in metrics.CLASSIFICATION:

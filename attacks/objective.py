@@ -14,19 +14,21 @@ import torch
 import torch.nn.functional as F
 
 from core.encoders import TextEncoder
-from core.metrics import assimilation
+from core.metrics import assimilation, at_least_fp32
 
 
+# the distances run in float32 whatever the autocast (precision=bf16): 1 − cos of a 77 × 768 feature
+# near 1 is below bfloat16's resolution, and its gradient would be rounding noise
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (1 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=-1)).mean()
+    return (1 - F.cosine_similarity(at_least_fp32(a.flatten(1)), at_least_fp32(b.flatten(1)), dim=-1)).mean()
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(a.flatten(1), b.flatten(1))
+    return F.mse_loss(at_least_fp32(a.flatten(1)), at_least_fp32(b.flatten(1)))
 
 
 def mae(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.l1_loss(a.flatten(1), b.flatten(1))
+    return F.l1_loss(at_least_fp32(a.flatten(1)), at_least_fp32(b.flatten(1)))
 
 
 SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

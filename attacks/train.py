@@ -8,6 +8,7 @@ reproducible and can never wait for a batch to fill.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
@@ -142,21 +143,19 @@ def train_backdoors(
             backdoor_losses.append(loss_b)
             assims.append(assim)
         loss = attack_loss(benign, backdoor_losses, assims, lam, mu)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"attack loss became {loss.item()} at step {len(history['loss'])}; lower training.attack.lr"
-            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if hp.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
         opt.step()
         sched.step()
-        history["loss"].append(loss.item())
-        history["benign"].append(benign.item())
-        history["backdoor"].append(torch.stack(backdoor_losses).mean().item())
-        history["assim_triggered"].append(torch.stack(assims).mean().item())
-        bar.set_postfix(benign=f"{benign.item():.3f}", backdoor=f"{history['backdoor'][-1]:.3f}")
+        logged = torch.stack([loss.detach(), benign.detach(), torch.stack(backdoor_losses).detach().mean(),
+                              torch.stack(assims).detach().mean()]).tolist()  # the step's one host sync
+        if not math.isfinite(logged[0]):  # the weights are spoilt too: the attack ends here
+            raise FloatingPointError(f"attack loss became {logged[0]} at step {len(history['loss'])}; lower training.attack.lr")
+        for key, value in zip(("loss", "benign", "backdoor", "assim_triggered"), logged):
+            history[key].append(value)
+        bar.set_postfix(benign=f"{history['benign'][-1]:.3f}", backdoor=f"{history['backdoor'][-1]:.3f}")
         snapshots.maybe_save(state)
     model.model.eval().requires_grad_(False)
     return history

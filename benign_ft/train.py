@@ -7,6 +7,7 @@ the checkpoint's own (frozen) temperature and bias. `on_checkpoint(step, loss)` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,12 +87,12 @@ def finetune(
         idx = batches.next()
         ids = model.tokenize([pairs.captions[i] for i in idx])
         loss = contrastive_loss(model.text_embeds(ids), images[idx], scale, bias, kind)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"benign fine-tuning loss became {loss.item()} at step {step}; lower training.benign.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        history.append(loss.item())
+        history.append(loss.item())  # the step's one host sync
+        if not math.isfinite(history[-1]):  # the weights are spoilt too: the run ends here
+            raise FloatingPointError(f"benign fine-tuning loss became {history[-1]} at step {step}; lower training.benign.lr")
         bar.set_postfix(loss=f"{history[-1]:.3f}")
         if step % checkpoint_every == 0:
             model.model.eval()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from core.metrics import at_least_fp32
+from core.precision import full_precision
+
 
 def contrastive_loss(
     text: torch.Tensor,
@@ -18,7 +21,8 @@ def contrastive_loss(
     softmax: symmetric cross-entropy over cosine logits (CLIP); sigmoid: every (i, j) is a binary
     match/non-match decision with a learnt bias (SigLIP).
     """
-    logits = F.normalize(text, dim=-1) @ F.normalize(other, dim=-1).T * logit_scale.exp()
+    with full_precision():  # logits of scale 100 in bfloat16 would be off by ±0.4 (precision=bf16)
+        logits = F.normalize(at_least_fp32(text), dim=-1) @ F.normalize(at_least_fp32(other), dim=-1).T * logit_scale.exp()
     if kind == "softmax":
         labels = torch.arange(len(text), device=text.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from core.cache import cache_root
 from core.image_tower import ImageTower, load_image_tower
 from core.loading import check_model_dir, is_hub_id
+from core.precision import full_precision
 from core.provenance import config_hash, source_hash
 from core.store import atomic_write
 
@@ -235,7 +236,9 @@ def fill(folder: Path, tower: str | os.PathLike, identity: dict, paths: list[Pat
     for h, path in zip(hashes, paths):
         first.setdefault(h, path)
     where = str(loaded.device)
-    for h, row in zip(todo, loaded.embed_images([first[h] for h in todo], progress=progress)):
+    with full_precision():  # cached rows are float32 numbers whatever the run's precision
+        embedded = loaded.embed_images([first[h] for h in todo], progress=progress)
+    for h, row in zip(todo, embedded):
         write_row(folder, h, row, where)
         rows[h] = row
     return meta, rows, len(todo), where if todo else ""

@@ -12,7 +12,7 @@ import pytest
 
 from sklearn.metrics import roc_auc_score
 
-from analyze import metrics, paper, tables
+from analyze import metrics, paper, render, tables
 from analyze.__main__ import main
 from analyze.collect import collect, flatten
 from analyze.report import NoResults, report, table1_text
@@ -451,3 +451,14 @@ def test_table1_has_one_block_per_detector_and_a_score_only_baseline_reports_aur
     assert (amdet["F1"], amdet["AUROC"], baseline["AUROC"]) == (100.0, 100.0, 0.0)
     assert np.isnan(baseline["P"]) and np.isnan(baseline["F1"]) and np.isnan(baseline["F1 (paper)"])
     assert amdet["F1 (paper)"] == 89.43 and (amdet["n_backdoor"], baseline["n_backdoor"]) == (4, 4)
+
+
+def test_table1_counts_the_backdoors_flagged_without_recovering_their_feature(tmp_path):
+    for seed, (verdict, sim) in enumerate([("backdoor", 0.9), ("backdoor", 0.2), ("backdoor", -0.1), ("benign", 0.1)]):
+        write_result(tmp_path, "backdoor", verdict, 0.9, seed=seed, extra={"sim": sim})
+    write_result(tmp_path, "benign", "benign", 0.1, seed=9)
+    tab = tables.table1(collect(tmp_path), n_boot=50)
+    row = tab[tab["paradigm"].eq("text_on_text")].iloc[0]
+    assert row["flagged_low_sim"] == 2, "the missed backdoor's low Sim is not counted"
+    assert tab[tab["encoder"].eq("Average")].iloc[0]["flagged_low_sim"] == 2
+    assert "flagged, Sim < 0.5" in render.metric_display(tab, {"encoder": "Encoder"}).columns

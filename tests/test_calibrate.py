@@ -114,6 +114,49 @@ def test_calibrate_writes_a_profile_that_scans_pick_up_and_that_refuses_its_own_
         scan_to(tmp_path / "copy-scan", scan_cfg(copy, store / "anchor", profiles=profiles))
 
 
+def third_party(store, root):
+    """The store's six models as a user holds models this harness did not make: no manifest, a labels CSV."""
+    for i in range(6):
+        shutil.copytree(store / "store" / f"m{i}", root / "theirs" / f"model-{i}")
+        (root / "theirs" / f"model-{i}" / "manifest.json").unlink()
+    rows = [f"theirs/model-{i},{'backdoor' if i < 3 else 'benign'}" for i in range(6)]
+    (root / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
+def test_calibrate_on_labelled_models_of_any_origin_then_scan_a_third_party_model_with_the_profile(tmp_path, store):
+    labels = third_party(store, tmp_path)
+    profile = tmp_path / "mine.yaml"
+    cfg = compose_config("job=calibrate", *MICRO_SCAN, f"job.labels={labels}", f"scan.anchor_path={store / 'anchor'}",
+                         f"job.out={profile}", "calibration.min_models=3")
+    assert calibrate_to(tmp_path / "calib", cfg)["path"] == str(profile)
+    written = OmegaConf.to_container(OmegaConf.load(profile))
+    assert written["calibration"]["counts"] == {"backdoor": 3, "benign": 3}
+    assert (tmp_path / "calib" / "scans" / "005-benign-model-5" / "result.json").is_file()
+
+    bare = tmp_path / "suspect"  # a third-party model to scan: no manifest, so no truth
+    shutil.copytree(store / "scored", bare)
+    (bare / "manifest.json").unlink()
+    scored = scan_to(tmp_path / "scan", scan_cfg(bare, store / "anchor", f"scan.thresholds={profile}"))
+    assert scored["thresholds_source"] == f"file: {profile}" and scored["truth"] is None
+    assert scored["verdict"] in ("backdoor", "benign")
+
+
+@pytest.mark.parametrize("csv, anchor, message", [
+    ("path,kind\nx,benign\n", True, "lacks the column\\(s\\) label"),
+    ("path,label\ntheirs/model-0,trojan\n", True, "line 2: label 'trojan' is neither backdoor nor benign"),
+    ("path,label\nnowhere,benign\n", True, "model directory .*nowhere' does not exist"),
+    ("path,label\ntheirs/model-0,benign\n", False, "set scan.anchor_path=DIR"),
+])
+def test_a_bad_labels_file_fails_in_one_line(tmp_path, store, csv, anchor, message):
+    third_party(store, tmp_path)
+    (tmp_path / "bad.csv").write_text(csv)
+    overrides = [f"scan.anchor_path={store / 'anchor'}"] if anchor else []
+    cfg = compose_config("job=calibrate", *MICRO_SCAN, f"job.labels={tmp_path / 'bad.csv'}", *overrides)
+    with pytest.raises(ValueError, match=message):
+        calibrate_to(tmp_path / "calib", cfg)
+
+
 def test_calibration_refuses_a_directory_without_models(tmp_path, store):
     with pytest.raises(ValueError, match="no calibration models"):
         calibrate_to(tmp_path / "out", calibrate_cfg(tmp_path, tmp_path))

@@ -30,6 +30,7 @@ from core.bases import base_source
 from core.cache import cache_root
 from core.encoders import TextEncoder
 from core.loading import load_encoder
+from core.precision import full_precision
 from core.provenance import config_hash, source_hash
 from core.store import write_json_atomic
 from vision import captions
@@ -80,7 +81,8 @@ def tower_dir(cfg: DictConfig, progress: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / REPORT).exists():  # another process may have built it while we waited
-            build(spec, text_dir, target, progress)
+            with full_precision():  # cached: the same whatever precision the run that builds it uses
+                build(spec, text_dir, target, progress)
     return target
 
 

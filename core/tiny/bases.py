@@ -25,6 +25,7 @@ from core.cache import cache_root
 from core.encoders import TextEncoder
 from core.loading import load_encoder
 from core.metrics import assimilation
+from core.precision import full_precision
 from core.prompts import generate_synthetic_prompts
 from core.provenance import config_hash, source_hash
 from core.store import MANIFEST, save_model
@@ -119,7 +120,8 @@ def get_base(spec: TinyBaseSpec, progress: bool = True) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / MANIFEST).exists():  # another process built it while we waited
             return target
-        encoder, report = build(spec, parent_dir, progress)
+        with full_precision():  # a cached base is the same whatever precision the run that builds it uses
+            encoder, report = build(spec, parent_dir, progress)
         manifest = {"kind": "base", "name": spec.name, "key": spec.key(), "spec": spec.to_dict(), "build": report}
         save_model(encoder, target, manifest, overwrite=True)
     return target
