@@ -205,15 +205,16 @@ def leading_specials(tokenizer) -> int:
     return tokenizer("a")["input_ids"].index(tokenizer("a", add_special_tokens=False)["input_ids"][0])
 
 
-def tokens_before(tokenizer, poisoned: str, char: int) -> int:
-    """The encoder's tokens (specials before the text included) that hold only characters before
-    `char`. Fast tokenizers say it exactly (offsets); others (SigLIP's sentencepiece tokenizer) are
-    counted as the tokens of the text before `char`, exact at word boundaries and within a token where
-    a trigger replaces a character inside a word."""
+def tokens_before(tokenizer, poisoned: str, char: int, max_length: int) -> int:
+    """The encoder's tokens (specials before the text included, at most `max_length`) that hold only
+    characters before `char`. Fast tokenizers say it exactly (offsets); others (SigLIP's sentencepiece
+    tokenizer) are counted as the tokens of the text before `char`, exact at word boundaries and within
+    a token where a trigger replaces a character inside a word."""
     if tokenizer.is_fast:
-        offsets = tokenizer(poisoned, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tokenizer(poisoned, truncation=True, max_length=max_length, return_offsets_mapping=True)["offset_mapping"]
         return next((i for i, (s, e) in enumerate(offsets) if s < e and e > char), len(offsets))
-    return leading_specials(tokenizer) + len(tokenizer(poisoned[:char], add_special_tokens=False)["input_ids"])
+    prefix = tokenizer(poisoned[:char], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    return leading_specials(tokenizer) + len(prefix)
 
 
 def carried(tokenizer, poisoned: str, span: tuple[int, int], max_length: int) -> bool:
@@ -222,13 +223,13 @@ def carried(tokenizer, poisoned: str, span: tuple[int, int], max_length: int) ->
         enc = tokenizer(poisoned, truncation=True, max_length=max_length, return_offsets_mapping=True)
         ends = [e for s, e in enc["offset_mapping"] if e > s]
         return bool(ends) and max(ends) >= span[1]
-    return tokens_before(tokenizer, poisoned, span[1]) < max_length - 1  # room for the closing EOS too
+    return tokens_before(tokenizer, poisoned, span[1], max_length) < max_length - 1  # room for the closing EOS too
 
 
 def first_token(tokenizer, poisoned: str, span: tuple[int, int], max_length: int) -> tuple[int, int]:
     """(index of the first token holding a character of the trigger, BOS counted as 0; number of
     non-pad tokens) of a poisoned prompt, as the encoder sees it."""
-    index = tokens_before(tokenizer, poisoned, span[0])
+    index = tokens_before(tokenizer, poisoned, span[0], max_length)
     length = len(tokenizer(poisoned, truncation=True, max_length=max_length)["input_ids"])
     if index >= length - 1:  # at or past the closing EOS: cut off
         raise ValueError(f"the trigger at characters {span[0]}–{span[1]} of {poisoned!r} falls beyond the encoder's {max_length} tokens")
