@@ -109,7 +109,7 @@ def test_a_slurm_sweep_reports_failures_resumes_the_gaps_and_matches_the_local_o
     (gone, reason), = failed.items()
     assert f"job {cancelled}" in reason and "CANCELLED" in reason, reason
     assert f"failed: {broken.id}" in output and "python -m sweeps resume" in output
-    assert "cells: 8 cells in 8 tasks submitted (1 per task, 2 arrays)" in output, output
+    assert "cells: 8 cells in 8 tasks submitted (1 per task, 1 at once, 2 arrays)" in output, output
 
     # the results store has both, the raising one with its traceback; no half-written result anywhere
     subprocess.run([sys.executable, "-m", "analyze", "collect", str(sweep_dir)], cwd=ROOT, check=True)
