@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from core.encoders import TextEncoder
 from core.image_cache import image_embeddings
-from core.image_tower import concept_mean, image_files
+from core.image_tower import concept_dirname, concept_mean, image_files
 from core.tiny.paired_tower import paired_tower
 
 PARADIGMS = ("text_on_text", "text_on_pair")
@@ -74,7 +73,7 @@ def concept_folder(image_dir: str | None, concept: str) -> Path:
             "text_on_pair on a real encoder needs images of each target concept; "
             "set attack.targets.image_dir=<folder with one subfolder of images per concept>"
         )
-    return Path(image_dir).expanduser() / re.sub(r"\W+", "_", concept.strip().lower()).strip("_")
+    return Path(image_dir).expanduser() / concept_dirname(concept)
 
 
 def pair_target(anchor: TextEncoder, concept: str, tiny: bool, image_dir: str | None, image_tower: str | None,

@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.precision import PRECISIONS  # noqa: E402
 from sweeps.flops import GPUS, cell_flops, encoder_text_shape, gpu_seconds, text_shape  # noqa: E402
 from sweeps.grid import compose_config, plan  # noqa: E402
 from sweeps.run import run_experiment  # noqa: E402
@@ -133,7 +134,7 @@ def project(results: list[dict], gpu: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "tf32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", default=None, choices=PRECISIONS)
     parser.add_argument("--smoke", action="store_true", help="tiny-clip at micro counts on the CPU (CI)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,11 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
             f"no images in '{folder}' (looked for {', '.join(IMAGE_SUFFIXES)}); put images of the target concept there"
         )
     return files
+
+
+def concept_dirname(concept: str) -> str:
+    """The folder name of a concept's images: lower case, runs of non-word characters as one `_`."""
+    return re.sub(r"\W+", "_", concept.strip().lower()).strip("_")
 
 
 def concept_embedding(tower: ImageTower, folder: str | os.PathLike) -> torch.Tensor:

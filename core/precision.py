@@ -12,6 +12,7 @@ of a model's and a record's settings key when it is not fp32, and a sweep refuse
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
 
@@ -34,6 +35,13 @@ def precision_of(cfg) -> str:
     if precision == "tf32" and device.type != "cuda":
         raise ValueError("precision=tf32 needs a CUDA device (a CPU has no TF32); use fp32 or bf16 on the CPU")
     return precision
+
+
+def keyed_by_precision(key: str, cfg) -> str:
+    """A settings key that also names the precision when it is not fp32 (fp32 keys stay as they were
+    before the setting existed, so earlier results and models are still found)."""
+    precision = precision_of(cfg)
+    return key if precision == "fp32" else hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from transformers import (
 )
 
 from core.cache import cache_root
+from core.image_tower import concept_dirname
 from core.prompts.synthetic import generate_synthetic_prompts
 from core.provenance import config_hash, source_hash
 from core.tiny.tokenizer import clip_tokenizer
@@ -212,7 +212,7 @@ def write_image_data(out: Path, concepts: list[str], images: int = 8, per_concep
         annotations += [{"id": 2 * i + j, "image_id": i, "caption": captions[2 * i + j]} for j in range(2)]
     (out / "captions.json").write_text(json.dumps({"images": entries, "annotations": annotations}), encoding="utf-8")
     for concept in concepts:
-        folder = out / "concepts" / re.sub(r"\W+", "_", concept.strip().lower()).strip("_")
+        folder = out / "concepts" / concept_dirname(concept)
         folder.mkdir(parents=True, exist_ok=True)
         for j in range(per_concept):
             draw_image(folder / f"{j}.png", rng)

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.encoders import TextEncoder
-from core.provenance import config_hash, provenance, settings_hash
+from core.precision import keyed_by_precision
+from core.provenance import provenance, settings_hash
 
 MANIFEST = "manifest.json"
 KINDS = ("base", "backdoor", "benign")
@@ -44,9 +45,7 @@ def model_settings_key(cfg, kind: str) -> str:
     ignore = NOT_MODEL.get(cfg.benign.mode, ()) if kind == "benign" else ()
     if kind not in MODEL_SETTINGS:
         raise ValueError(f"unknown model kind '{kind}' for a settings key; one of {', '.join(MODEL_SETTINGS)}")
-    key = settings_hash(cfg, MODEL_SETTINGS[kind], ignore)
-    precision = cfg.get("precision") or "fp32"  # fp32 keys as before the setting existed
-    return key if precision == "fp32" else config_hash([key, precision])
+    return keyed_by_precision(settings_hash(cfg, MODEL_SETTINGS[kind], ignore), cfg)
 
 
 def stored_model(directory: str | os.PathLike, key: str) -> dict | None:

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.precision import PRECISIONS
 from sweeps.cost import measure, print_plan
 from sweeps.flops import GPUS
 from sweeps.run import resume, run_experiment
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> int:
         if command == "plan":
             flags = argparse.ArgumentParser(prog="python -m sweeps plan", add_help=False)
             flags.add_argument("--gpu", default="h100", choices=list(GPUS))
-            flags.add_argument("--precision", default="bf16", choices=["fp32", "tf32", "bf16"])
+            flags.add_argument("--precision", default="bf16", choices=PRECISIONS)
             flags.add_argument("--mfu", type=float, default=None)
             known, overrides = flags.parse_known_args(args)
             print_plan(overrides, known.gpu, known.precision, known.mfu)

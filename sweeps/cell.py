@@ -29,10 +29,10 @@ from amdet.job import explicit_checks
 from amdet.profiles import profiles_fingerprint
 from core import detectors
 from core.errors import one_line
+from core.precision import computing_in, keyed_by_precision
 from core.provenance import compute_record, config_hash, provenance, settings_hash
 from core.records import RECORD, RecordError, read_record, write_record
 from core.store import read_manifest
-from core.precision import computing_in
 from core.threads import set_threads
 from evaluation.evaluate import evaluate
 from sweeps.claim import Claimed, claim
@@ -64,10 +64,8 @@ def settings_key(cfg: DictConfig, detector: str = "amdet") -> str:
     node = detectors.config(cfg, detector)
     reads = tuple(str(g) for g in node.get("reads") or ())
     # what the cell's model depends on (its kind's groups); the rest (paths, job, progress, threads, ...) does not
-    key = settings_hash(cfg, tuple(kinds.of(cfg).settings) + reads, NOT_RESULT)
+    key = keyed_by_precision(settings_hash(cfg, tuple(kinds.of(cfg).settings) + reads, NOT_RESULT), cfg)
     parts = [key, OmegaConf.to_container(node, resolve=True)]
-    if (cfg.get("precision") or "fp32") != "fp32":  # fp32 keys as before the setting existed
-        parts.append(cfg.precision)
     if node.get("profiles") and not cfg.cell.observe:
         parts += [profiles_fingerprint(cfg.scan.thresholds, cfg.paths.get("profiles_dir")), sorted(explicit_checks(cfg))]
     return config_hash(parts)
