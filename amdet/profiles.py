@@ -17,12 +17,11 @@ the store's manifest, which a detector does not read.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from core.provenance import config_hash
+from core.provenance import config_hash, file_sha256
 
 WEIGHTS = "model.safetensors"
 
@@ -83,14 +82,6 @@ def model_identity(model_path: str | Path) -> dict:
     """What identifies a model across copies: its resolved path and the SHA-256 of its weights."""
     weights = Path(model_path) / WEIGHTS
     return {"path": str(Path(model_path).resolve()), "weights_sha256": file_sha256(weights) if weights.is_file() else None}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_disjoint(profile: dict, model_path: str | Path, where: str) -> None:

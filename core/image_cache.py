@@ -25,7 +25,6 @@ file that cannot be read is recomputed, with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -42,14 +41,13 @@ from core.cache import cache_root
 from core.image_tower import ImageTower, load_image_tower
 from core.loading import check_model_dir, is_hub_id
 from core.precision import full_precision
-from core.provenance import config_hash, source_hash
+from core.provenance import config_hash, file_sha256, source_hash
 from core.store import atomic_write
 
 log = logging.getLogger("amdet")
 TOWER_FILES = ("config.json", "preprocessor_config.json")  # hashed with the checkpoint's *.safetensors
 META = "tower.safetensors"
 MEMO = "file_hashes.json"
-CHUNK = 1 << 20
 
 
 def embeddings_root() -> Path:
@@ -75,14 +73,6 @@ class CachedEmbeddings:
         return f"image embeddings: {self.computed} of {self.images} computed on {self.device} and cached ({where})"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_memo(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -106,7 +96,7 @@ def file_hashes(paths: list[Path]) -> list[str]:
         if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
             hashes.append(entry[2])
         else:
-            fresh[name] = [stat.st_size, stat.st_mtime_ns, sha256_file(path)]
+            fresh[name] = [stat.st_size, stat.st_mtime_ns, file_sha256(path)]
             hashes.append(fresh[name][2])
     if fresh:
         memo_path.parent.mkdir(parents=True, exist_ok=True)

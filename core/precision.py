@@ -12,9 +12,10 @@ of a model's and a record's settings key when it is not fp32, and a sweep refuse
 from __future__ import annotations
 
 import contextlib
-import hashlib
 
 import torch
+
+from core.provenance import config_hash
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -41,7 +42,7 @@ def keyed_by_precision(key: str, cfg) -> str:
     """A settings key that also names the precision when it is not fp32 (fp32 keys stay as they were
     before the setting existed, so earlier results and models are still found)."""
     precision = precision_of(cfg)
-    return key if precision == "fp32" else hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()[:16]
+    return key if precision == "fp32" else config_hash([key, precision])
 
 
 @contextlib.contextmanager

@@ -49,6 +49,15 @@ def settings_hash(cfg, keys, ignore=()) -> str:
     return config_hash(settings)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (model weights are GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def source_hash(*relative_paths: str) -> str:
     """Hash of the source files that determine an artefact, so a code change invalidates its cache."""
     digest = hashlib.sha256()

@@ -164,8 +164,8 @@ def test_checkpoint_and_images_are_hashed_once(towers, coco, monkeypatch):
     annotation, images = coco
     coco_pair_set(str(annotation), str(images), str(towers[0]), progress=False)
     hashed = []
-    sha256_file = image_cache.sha256_file
-    monkeypatch.setattr(image_cache, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    file_sha256 = image_cache.file_sha256
+    monkeypatch.setattr(image_cache, "file_sha256", lambda path: hashed.append(path) or file_sha256(path))
     coco_pair_set(str(annotation), str(images), str(towers[0]), progress=False)
     assert hashed == []  # memoised on (path, size, mtime_ns)
     (towers[0] / "preprocessor_config.json").touch()  # a new mtime: hashed again, same bytes, same key
