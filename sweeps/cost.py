@@ -123,15 +123,18 @@ def print_plan(overrides: list[str], gpu: str = "h100", precision: str = "bf16",
 def print_flops(cells: list[Cell], gpu: str, precision: str, mfu: float | None) -> None:
     """The FLOP model's GPU-hours per real-encoder family for every cell of the plan (sweeps/flops.py)."""
     per_family: dict[str, list] = collections.defaultdict(list)
-    example: dict[str, object] = {}
+    example: dict[tuple, list] = {}
+    configs: dict[str, object] = {}  # one composed config per family, for its image side
     for cell in cells:
         c = coordinates(cell)
         encoder, kind = c.get("encoder"), c.get("cell.kind", "backdoor")
         if encoder is None or encoder_text_shape(encoder) is None:
             continue
-        key = (encoder, kind, c.get("attack"))  # cells of one family, kind and paradigm cost alike
+        # cells of one family, kind, paradigm and mode (a calibration cell checks every step) cost alike
+        key = (encoder, kind, c.get("attack"), c.get("cell.observe"))
         if key not in example:
-            example[key] = cell_flops(compose_config(list(cell.overrides)), kind, encoder_text_shape(encoder))
+            configs[encoder] = compose_config(list(cell.overrides))
+            example[key] = cell_flops(configs[encoder], kind, encoder_text_shape(encoder))
         per_family[encoder].append(example[key])
     if not per_family:
         return
@@ -142,7 +145,7 @@ def print_flops(cells: list[Cell], gpu: str, precision: str, mfu: float | None) 
     for encoder, cells_phases in sorted(per_family.items()):
         seconds = sum(gpu_seconds(phases, gpu, precision, share) for phases in cells_phases)
         flops = sum(p.flops for phases in cells_phases for p in phases)
-        image = image_flops(compose_config([f"encoder={encoder}"]), encoder)
+        image = image_flops(configs[encoder], encoder)
         extra = gpu_seconds([image], gpu, precision, share) if image else 0.0
         print(f"    {encoder}: {len(cells_phases)} cells, {flops / 1e15:.1f} PFLOP, {(seconds + extra) / 3600:.1f} GPU-hours"
               f" (image embeddings once: {extra / 60:.1f} min)")
