@@ -119,7 +119,7 @@ def project(results: list[dict], gpu: str | None) -> None:
     kinds = {}
     for cell in scored + calibration:
         c = dict(o.split("=", 1) for o in cell.overrides)
-        key = (c["encoder"], c.get("cell.kind", "backdoor"), c["attack"])
+        key = (c["encoder"], c.get("cell.kind", "backdoor"), c["attack"], c.get("cell.observe"))  # calibration cells check every step
         kinds.setdefault(key, [cell, 0])[1] += 1
     print(f"\n== the study (table1: {len(scored)} cells + {len(calibration)} calibration cells) on one {gpu.upper()}")
     for r in results:
