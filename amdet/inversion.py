@@ -14,7 +14,7 @@ embedding of their own, and the sequence is truncated back to L:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as dataclass_replace
 
 import torch
 
@@ -94,3 +94,63 @@ def inversion_loss(
     on the device: the caller reads them with the loss in one host sync)."""
     loss, terms = row_losses(model, anchor, hidden, output, v, weights)
     return loss.mean(), {k: t.detach().mean() for k, t in terms.items()}
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where v starts when scan.inversion.init=vocabulary: the token rows chosen, and why."""
+
+    v: torch.Tensor  # [k, D]
+    token_ids: list[int]
+    tokens: list[str | None]
+    screen_loss: list[float]  # stage 1: the anchor-free loss on the short screen
+    loss: list[float]  # stage 2: the scan's full loss on one batch of whole prompts
+
+
+@torch.no_grad()
+def token_rows(model: TextEncoder) -> torch.Tensor:
+    """Every vocabulary token as h has it at the insert position (its embedding with that position's) [V, D]."""
+    p, vocab = model.insert_position, model.config.vocab_size
+    lead = model.tokenize([""])[0, :p]
+    ids = torch.arange(vocab, device=model.device)
+    return model.embed(torch.cat([lead.expand(vocab, -1), ids[:, None]], dim=1))[:, p]
+
+
+@torch.no_grad()
+def screen_losses(model: TextEncoder, anchor: TextEncoder, hidden: torch.Tensor, output: torch.Tensor,
+                  rows: torch.Tensor, weights: LossWeights) -> torch.Tensor:
+    """The inversion loss [V] of each row of `rows` [V, D] inserted alone, averaged over the prompts of
+    hidden/output [N, T, D], in passes of about the model's rows_per_pass × max_length tokens."""
+    n, positions = hidden.shape[:2]
+    chunk = max(1, model.rows_per_pass * model.max_length // (positions * n))
+    return torch.cat([
+        row_losses(model, anchor, hidden.repeat(len(c), 1, 1), output.repeat(len(c), 1, 1),
+                   c.repeat_interleave(n, 0)[:, None], weights)[0].view(len(c), n).mean(1)
+        for c in rows.split(chunk)
+    ])
+
+
+@torch.no_grad()
+def vocabulary_start(model: TextEncoder, anchor: TextEncoder, data: ShallowSet, k: int, weights: LossWeights,
+                     prompts: int, positions: int, candidates: int, batch: int) -> Start:
+    """v's starting rows: the token embeddings (as h has them at the insert position) that lower the
+    inversion loss most when inserted.
+
+    Gradient descent from a random v often settles in a basin of the loss that is not the trigger's
+    (measured: from 64 random starts none reached a trigger whose own embedding scores −0.83 against
+    the basin's −0.69), while the trigger token, inserted as it is, ranks first among all tokens. So
+    every row of the embedding table is tried: stage 1 scores each on the first `prompts` inversion
+    prompts cut to their first `positions` tokens, with the anchor term left out (half the cost);
+    stage 2 scores the best `candidates` with the scan's full loss on `batch` whole prompts. The k
+    best of stage 2 start the inversion, which then moves v freely as before."""
+    rows = token_rows(model)
+    idx = data.train[:prompts]
+    scores = screen_losses(model, anchor, data.hidden[idx, :positions], data.output[idx, :positions], rows,
+                           dataclass_replace(weights, anchor=0.0))
+    best = scores.argsort()[: max(candidates, k)]
+    idx = data.train[:batch]
+    full = screen_losses(model, anchor, data.hidden[idx], data.output[idx], rows[best], weights)
+    order = full.argsort()[:k]
+    chosen = best[order].tolist()
+    names = [model.tokenizer.convert_ids_to_tokens(t) if t < len(model.tokenizer) else None for t in chosen]
+    return Start(rows[chosen].float(), chosen, names, scores[chosen].tolist(), full[order].tolist())

@@ -210,6 +210,8 @@ def scan(out: Path, cfg: DictConfig, model: TextEncoder, anchor: TextEncoder, ob
         "score_verdict": None if cut is None else ("backdoor" if primary["score"] > cut else "benign"),
         "floor": floor,
         "landscape_ratio": primary["landscape_ratio"],
+        "decision": primary["decision"],  # flagged: the checks at the deciding step, and whether v had settled
+        "start": primary["start"],  # init=vocabulary: the token rows v started from
         "best_running_loss": primary["best_running_loss"],
         "steps": primary["steps"],
         "resumed_from_step": primary["resumed_from_step"],  # a requeued scan continued its inversion here
@@ -229,7 +231,7 @@ def scan(out: Path, cfg: DictConfig, model: TextEncoder, anchor: TextEncoder, ob
 def regime_record(found: dict, plan: tuple[CheckThresholds, dict]) -> dict:
     """What one regime's scan decided, and on what: its thresholds, steps, checks, landscape, times."""
     return {"verdict": found["verdict"], "thresholds": vars(plan[0]), "thresholds_source": plan[1]["source"],
-            "steps": found["steps"], "best_running_loss": found["best_running_loss"],
+            "steps": found["steps"], "best_running_loss": found["best_running_loss"], "decision": found["decision"],
             "landscape_ratio": found["landscape_ratio"], "checks": found["checks"],
             "times": {k: round(v, 3) for k, v in found["regime_times"].items()}}  # its own checks and landscapes
 

@@ -15,16 +15,20 @@ import copy
 import dataclasses
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from amdet.checks import CheckThresholds, evaluate_checks, mean_assimilation
-from amdet.inversion import LossWeights, ShallowSet, inversion_loss, insert, shallow_set
+from amdet.inversion import LossWeights, ShallowSet, inversion_loss, insert, shallow_set, vocabulary_start
 from amdet.landscape import LandscapeConfig, landscape
 from core.encoders import TextEncoder
 from core.snapshot import Snapshots
+
+
+INITS = ("vocabulary", "normal")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,11 @@ class ScanConfig:
     epochs: int = 2
     check_every: int = 2  # batches between check evaluations (once the running loss is low enough)
     check_early_exit: bool = False  # stop a check pass once its outcome is decided (statistics then partial)
-    init_std: float = 1.0  # v ~ N(0, init_std²)
+    init: str = "vocabulary"  # vocabulary: v starts at the token rows that lower the loss most | normal: N(0, init_std²), the paper's
+    init_std: float = 1.0  # init=normal: v ~ N(0, init_std²)
+    screen_prompts: int = 2  # init=vocabulary, stage 1: every token on this many prompts ...
+    screen_positions: int = 8  # ... cut to this many positions
+    screen_candidates: int = 16  # stage 2: the best this many on a batch of whole prompts with the full loss
     score_steps: int | None = None  # the budget-fixed score's step; None: one epoch
     test_share: float = 0.2
     seed: int = 0
@@ -45,7 +53,9 @@ class ScanConfig:
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
 
     def __post_init__(self):
-        for key in ("k", "lr", "batch_size", "epochs", "check_every"):
+        if self.init not in INITS:
+            raise ValueError(f"scan.inversion.init must be one of {', '.join(INITS)}, got '{self.init}'")
+        for key in ("k", "lr", "batch_size", "epochs", "check_every", "screen_prompts", "screen_positions", "screen_candidates"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"scan.{key} must be positive, got {getattr(self, key)}")
         if not any((self.weights.assim, self.weights.dev, self.weights.anchor)):
@@ -69,10 +79,12 @@ class Trajectory:
     batch at a time. `clone()` forks it: the budget-fixed score follows the plain trajectory (no
     decision, no early epoch end) from wherever the scan left it."""
 
-    def __init__(self, model: TextEncoder, data: ShallowSet, cfg: ScanConfig):
+    def __init__(self, model: TextEncoder, data: ShallowSet, cfg: ScanConfig, start: torch.Tensor | None = None):
         self.data, self.cfg = data, cfg
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.v = torch.nn.Parameter((torch.randn(cfg.k, model.hidden_size, generator=self.gen) * cfg.init_std).to(model.device))
+        v = torch.randn(cfg.k, model.hidden_size, generator=self.gen) * cfg.init_std  # drawn either way: one data order
+        self.v = torch.nn.Parameter((v if start is None else start.detach().cpu().clone()).to(model.device))
+        self.history = deque([self.v.detach().clone()], maxlen=cfg.check_every + 1)  # v over the last check period
         self.opt = torch.optim.Adam([self.v], lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.n_batches = n_batches(data, cfg)
         self.epoch, self.batch, self.order, self.total, self.steps = 0, 0, None, 0.0, 0
@@ -86,6 +98,7 @@ class Trajectory:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        self.history.append(self.v.detach().clone())
         value, *rest = torch.stack([loss.detach(), *terms.values()]).tolist()  # the step's one host sync
         if not math.isfinite(value):  # v is spoilt too: the scan ends here
             raise FloatingPointError(
@@ -103,7 +116,8 @@ class Trajectory:
 
     def state(self) -> dict:
         return {"step": self.steps, "epoch": self.epoch, "batch": self.batch, "order": self.order, "total": self.total,
-                "v": self.v.detach().cpu(), "optimizer": self.opt.state_dict(), "gen": self.gen.get_state()}
+                "v": self.v.detach().cpu(), "optimizer": self.opt.state_dict(), "gen": self.gen.get_state(),
+                "history": [v.cpu() for v in self.history]}
 
     def restore(self, saved: dict) -> None:
         with torch.no_grad():
@@ -112,9 +126,10 @@ class Trajectory:
         self.gen.set_state(saved["gen"])
         self.steps, self.epoch, self.batch = saved["step"], saved["epoch"], saved["batch"]
         self.order, self.total = saved["order"], saved["total"]
+        self.history = deque((v.to(self.v.device) for v in saved["history"]), maxlen=self.history.maxlen)
 
     def clone(self, model: TextEncoder) -> Trajectory:
-        twin = Trajectory(model, self.data, self.cfg)
+        twin = Trajectory(model, self.data, self.cfg, self.v)
         twin.restore(copy.deepcopy(self.state()))
         return twin
 
@@ -145,6 +160,7 @@ class Regime:
         self.th, self.traj = thresholds, traj
         self.log, self.best_running, self.decided, self.done = [], float("inf"), None, False
         self.v, self.steps = None, 0  # where it ended
+        self.decision = None  # a flagged scan: the checks at the deciding step, and whether v had settled
         self.checks_s = self.landscape_s = 0.0
 
     def wants_epoch_end(self, running: float) -> bool:
@@ -170,8 +186,15 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
     test_hidden = data.hidden[data.test]
     times["features_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    start = None
+    if cfg.init == "vocabulary":
+        start = vocabulary_start(model, anchor, data, cfg.k, cfg.weights, cfg.screen_prompts, cfg.screen_positions,
+                                 cfg.screen_candidates, cfg.batch_size)
+    times["init_s"] = time.perf_counter() - t
+
     snapshots = snapshots or Snapshots(None)
-    plain = Trajectory(model, data, cfg)  # the trajectory with no decision and no early epoch end
+    plain = Trajectory(model, data, cfg, None if start is None else start.v)  # the trajectory with no decision and no early epoch end
     budget = score_steps(cfg, n_batches(data, cfg))
     regimes = {name: Regime(c.thresholds, plain) for name, c in cfgs.items()}
     score, cache = None, {}  # cache: (what, v) → landscape or final assimilation of that v
@@ -232,6 +255,7 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
                     entry["landscape_ratio"] = land["positive_ratio"]
                     if land["positive_ratio"] > th.landscape_ratio:
                         r.decided, r.done, r.v, r.steps = land, True, traj.v.detach().clone(), traj.steps
+                        r.decision = decision_record(model, test_hidden, traj, entry)
             walkers = [r for r in walkers if not r.done]
             ending = [r for r in walkers if r.wants_epoch_end(running)]
             if ending and len(ending) < len(walkers):  # some end the epoch early: they walk on a fork
@@ -276,12 +300,36 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
             "v": r.v.cpu(),
             "reversed_feature": reversed_feature.cpu(),
             "landscape": land,
+            "decision": r.decision,
+            "start": None if start is None else {"tokens": start.tokens, "token_ids": start.token_ids,
+                                                 "screen_loss": start.screen_loss, "loss": start.loss},
             "test_prompts": [prompts[i] for i in data.test.tolist()],  # benign prompts the inversion never saw (for Sim)
             "shallow": {"prompts": len(prompts), "train": len(data.train), "test": len(data.test)},
             "regime_times": {"checks_s": r.checks_s, "landscape_s": r.landscape_s},
         }
     times["landscape_s"], times["score_s"] = phase["landscape_s"], phase["score_s"]
     return found, times, data
+
+
+STABLE = 0.9  # a reversed feature this close (cosine) to the one a check period earlier has settled
+ASSIMILATING = CheckThresholds().assim_token  # the paper's "assimilated" token cosine
+
+
+@torch.no_grad()
+def decision_record(model: TextEncoder, test_hidden: torch.Tensor, traj: Trajectory, entry: dict) -> dict:
+    """What a flagged scan decided on: the checks at the deciding step; `stability`, the mean cosine
+    of the reversed features (first 4 test prompts) of v now and a check period (check_every steps)
+    earlier; `stable` above STABLE; `assimilating`, the mean token cosine of the outputs with v at or
+    above the paper's assim_token, whatever thresholds the regime used."""
+    hidden = test_hidden[:4]
+    vs = torch.stack([traj.history[0], traj.v.detach()]).to(hidden.dtype)
+    rows = hidden.repeat(2, 1, 1)
+    feats = model.encode(insert(rows, vs.repeat_interleave(len(hidden), 0), model.insert_position)).flatten(1)
+    then, now = feats.float().view(2, len(hidden), -1)
+    stability = torch.nn.functional.cosine_similarity(then, now, dim=1).mean().item()
+    keys = ("step", "assim_mean", "assim_ratio", "same_ratio", "diff_ratio", "landscape_ratio")
+    return {**{k: entry.get(k) for k in keys}, "compared_with_step": traj.steps - (len(traj.history) - 1),
+            "stability": stability, "stable": stability >= STABLE, "assimilating": entry["assim_mean"] >= ASSIMILATING}
 
 
 def n_batches(data: ShallowSet, cfg: ScanConfig) -> int:
@@ -304,7 +352,7 @@ def regimes_state(regimes: dict[str, Regime], plain: Trajectory | None, score: f
         "step": max(tr.steps for tr in trajs),
         "trajectories": [tr.state() for tr in trajs],
         "regimes": {name: {"traj": index[id(r.traj)], "log": r.log, "best_running": r.best_running, "done": r.done,
-                           "decided": r.decided, "v": r.v, "steps": r.steps}
+                           "decided": r.decided, "v": r.v, "steps": r.steps, "decision": r.decision}
                     for name, r in regimes.items()},
         "plain": index[id(plain)] if plain is not None else -1,
         "score": score,
@@ -322,6 +370,7 @@ def restore_regimes(saved: dict, model: TextEncoder, data: ShallowSet, cfg: Scan
     for name, r in regimes.items():
         s = saved["regimes"][name]
         r.traj, r.log, r.best_running, r.done, r.decided = trajs[s["traj"]], s["log"], s["best_running"], s["done"], s["decided"]
+        r.decision = s.get("decision")
         if s["done"]:
             r.v, r.steps = s["v"].to(model.device), s["steps"]
     return saved["score"], (trajs[saved["plain"]] if saved["plain"] >= 0 else None)

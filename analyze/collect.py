@@ -101,6 +101,7 @@ def flatten(record: dict) -> dict:
                trigger_position_token=position.get("token_mean"))
     row.update({f"attack_asr_{where}": asr.get(where) for where in POSITIONS})
     row.update(prefixed("times", record.get("times")))
+    row.update(prefixed("decision", record.get("decision")))  # a flagged scan's deciding step: stable, assimilating
     prov = record.get("provenance") or {}
     code, hardware = prov.get("code") or {}, prov.get("hardware") or {}
     row.update(git_commit=code.get("git_commit"), git_dirty=code.get("git_dirty"),

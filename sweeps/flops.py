@@ -37,6 +37,7 @@ class TransformerShape:
     width: int
     ffn: int
     positions: int
+    vocab: int = 0  # text encoders: the embedding table's rows (the vocabulary screen tries each)
 
     @property
     def layer_params(self) -> int:
@@ -45,13 +46,17 @@ class TransformerShape:
     @property
     def forward(self) -> float:
         """F: FLOPs of one row's forward pass (matrix products and attention; norms and softmax left out)."""
-        return 2.0 * self.layer_params * self.positions + 4.0 * self.layers * self.positions**2 * self.width
+        return self.forward_at(self.positions)
+
+    def forward_at(self, positions: int) -> float:
+        """One row's forward pass cut to its first `positions` tokens."""
+        return 2.0 * self.layer_params * positions + 4.0 * self.layers * positions**2 * self.width
 
 
 def text_shape(config: dict) -> TransformerShape:
     """From a transformers text config (as a dict)."""
     return TransformerShape(config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"],
-                            config["max_position_embeddings"])
+                            config["max_position_embeddings"], config["vocab_size"])
 
 
 def vision_shape(config: dict) -> TransformerShape:
@@ -89,6 +94,11 @@ def cell_flops(cfg, kind: str, text: TransformerShape) -> list[Phase]:
     batches = -(-train // inv.batch_size)
     anchor = 2 if s.weights.anchor else 1  # the anchor term runs v through the anchor too
     phases.append(Phase("shallow features", 2 * F * s.prompts, "model", f"{s.prompts} prompts, model and anchor"))
+    if inv.init == "vocabulary":
+        screen = text.vocab * inv.screen_prompts * text.forward_at(min(inv.screen_positions, text.positions))
+        phases.append(Phase("vocabulary screen", screen + inv.screen_candidates * inv.batch_size * F * anchor, "model",
+                            f"{text.vocab} tokens × {inv.screen_prompts} prompts cut to {inv.screen_positions} positions, "
+                            f"then {inv.screen_candidates} on {inv.batch_size} whole prompts"))
     phases.append(Phase("inversion", inv.epochs * train * 2 * F * anchor, "model",
                         f"{inv.epochs} epochs × {train} rows, input gradients only"))
     share = 1.0 if cfg.cell.observe else CHECKED_SHARE  # a calibration cell checks from its first step

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from amdet.checks import CheckThresholds, evaluate_checks
-from amdet.inversion import LossWeights, insert, row_losses, shallow_set
+from amdet.inversion import LossWeights, insert, row_losses, screen_losses, shallow_set, token_rows, vocabulary_start
 from amdet.job import scan_to
 from amdet.landscape import grid_losses, hessian_eigenvalues
 from core.tiny.architectures import random_encoder
@@ -48,6 +48,38 @@ def test_same_target_counts_every_other_prompt(micro_encoder):
     stats = evaluate_checks(micro_encoder, micro_encoder, h, torch.randn(1, h.shape[-1]), CheckThresholds(), batch=2)
     assert stats["same_ratio"] == 1.0 and stats["same_pass"]
     assert stats["diff_ratio"] == 0.0, "an encoder is never different from itself"
+
+
+def test_token_rows_are_the_tokens_as_the_embedding_layer_places_them(micro_encoder):
+    rows = token_rows(micro_encoder)
+    p = micro_encoder.insert_position
+    ids = micro_encoder.tokenize(["a photo of a cat"])
+    assert rows.shape == (micro_encoder.config.vocab_size, micro_encoder.hidden_size)
+    assert torch.allclose(rows[ids[0, p]], micro_encoder.embed(ids)[0, p])
+
+
+def test_the_screen_scores_each_token_as_the_inversion_loss_of_it_alone(micro_encoder, family, monkeypatch):
+    anchor = random_encoder(micro_arch(family), seed=1)
+    monkeypatch.setattr(type(micro_encoder), "rows_per_pass", property(lambda self: 3))  # several passes
+    data = shallow_set(micro_encoder, PROMPTS * 3, 0.3, 0)
+    rows, idx, w = token_rows(micro_encoder)[:20], data.train[:2], LossWeights()
+    batched = screen_losses(micro_encoder, anchor, data.hidden[idx, :8], data.output[idx, :8], rows, w)
+    for t in (0, 7, 19):
+        alone = row_losses(micro_encoder, anchor, data.hidden[idx, :8], data.output[idx, :8], rows[t][None], w)[0]
+        assert batched[t].item() == pytest.approx(alone.mean().item(), abs=1e-5)
+
+
+def test_the_vocabulary_start_is_the_full_loss_best_of_the_screens_candidates(micro_encoder, family):
+    anchor = random_encoder(micro_arch(family), seed=1)
+    data = shallow_set(micro_encoder, PROMPTS * 3, 0.3, 0)
+    w = LossWeights()
+    start = vocabulary_start(micro_encoder, anchor, data, k=2, weights=w, prompts=2, positions=8, candidates=6, batch=3)
+    rows = token_rows(micro_encoder)
+    assert start.v.shape == (2, micro_encoder.hidden_size) and torch.equal(start.v, rows[start.token_ids])
+    assert start.loss == sorted(start.loss) and len(set(start.token_ids)) == 2
+    idx = data.train[:3]  # no token scores below the chosen one on stage 2's prompts
+    best = row_losses(micro_encoder, anchor, data.hidden[idx], data.output[idx], start.v[:1], w)[0].mean().item()
+    assert best == pytest.approx(start.loss[0], abs=1e-5)
 
 
 def test_hessian_eigenvalues_of_a_bowl_and_a_saddle():
@@ -92,10 +124,19 @@ def test_scan_writes_the_result_contract_and_is_deterministic(tmp_path, pair):
     assert {"assim_ratio", "same_ratio", "diff_ratio", "running_loss", "step"} <= set(stored["checks"][0])
     assert stored["thresholds_source"] == "config: paper-clip-l" and stored["thresholds"]["same_ratio"] == 0.995
     assert (first["verdict"], first["score"]) == (second["verdict"], second["score"])
+    assert stored["start"]["tokens"] == second["start"]["tokens"] and len(stored["start"]["token_ids"]) == 1
+    assert stored["times"]["init_s"] > 0
     v = load_file(tmp_path / "a" / "v.safetensors")["v"]
     assert v.shape == (1, 32) and torch.equal(load_file(tmp_path / "a" / "learned_embeds.safetensors")["<amdet-v>"], v)
     assert load_file(tmp_path / "a" / "landscape.safetensors")["grid"].shape == (6, 6)
     assert (tmp_path / "a" / "landscape.png").stat().st_size > 0 and (tmp_path / "a" / "hessian_spectrum.png").exists()
+
+
+def test_a_normal_start_is_the_papers_and_an_unknown_start_is_refused(tmp_path, pair):
+    assert scan_to(tmp_path / "n", scan_cfg(*pair, "scan.inversion.init=normal"))["start"] is None
+    with pytest.raises(ValueError, match="scan.inversion.init must be one of vocabulary, normal, got 'tokens'"):
+        scan_to(tmp_path / "x", scan_cfg(*pair, "scan.inversion.init=tokens"))
+    assert json.loads((tmp_path / "x" / "result.json").read_text())["status"] == "error"
 
 
 def test_observed_scans_make_full_check_passes_even_with_early_exit(tmp_path, pair, monkeypatch):

@@ -79,7 +79,8 @@ def test_landscape_matches(models, data):
 
 def test_whole_scan_matches(models):
     model, anchor = models
-    cfg = ScanConfig(batch_size=4, epochs=2, check_every=2, seed=3, test_share=0.25,
+    # the reference implements the paper's scan, whose v starts at N(0, 1)
+    cfg = ScanConfig(batch_size=4, epochs=2, check_every=2, seed=3, test_share=0.25, init="normal",
                      thresholds=replace(CheckThresholds(), loss_start=10.0),
                      landscape=LandscapeConfig(points=5, batch=8))
     fast = scan(model, anchor, PROMPTS, cfg, progress=False)
@@ -114,12 +115,17 @@ def test_early_exit_scan_reaches_the_same_result(models, monkeypatch, passing):
     off = -1.0 if passing else None
     thresholds = replace(CheckThresholds(), loss_start=10.0, **({} if off is None else
                          {"assim_ratio": off, "same_ratio": off, "diff_ratio": off, "landscape_ratio": off}))
+    # a v from N(0, 1): the failing passes it was written for settle early (a vocabulary start's need not)
     cfg = ScanConfig(batch_size=4, epochs=2, check_every=2, seed=3, test_share=0.25, thresholds=thresholds,
-                     landscape=LandscapeConfig(points=5, batch=8))
+                     init="normal", landscape=LandscapeConfig(points=5, batch=8))
     full = scan(model, anchor, PROMPTS, cfg, progress=False)
     quick = scan(model, anchor, PROMPTS, replace(cfg, check_early_exit=True), progress=False)
     assert (quick["steps"], quick["verdict"], quick["score"]) == (full["steps"], full["verdict"], full["score"])
     assert full["verdict"] == ("backdoor" if passing else "benign")
+    assert (full["decision"] is not None) == passing  # a flagged scan records what it decided on
+    if passing:
+        assert full["decision"]["step"] == full["steps"] and isinstance(full["decision"]["stable"], bool)
+        assert -1 <= full["decision"]["stability"] <= 1 and full["decision"]["compared_with_step"] < full["steps"]
     assert torch.equal(quick["v"], full["v"])
     assert [c["all_pass"] for c in quick["checks"]] == [c["all_pass"] for c in full["checks"]]
     assert sum(c["checked"] for c in quick["checks"]) < sum(c["checked"] for c in full["checks"])
