@@ -10,6 +10,9 @@ embedding of their own, and the sequence is truncated back to L:
     L_dev    = mean tokenwise cos(f(x), enc_f(h_v))                (to minimise: move away from f(x))
     L_anchor = mean tokenwise cos(enc_f0(h_v), enc_f(h_v))         (to minimise: unlike the anchor)
     Loss     = −w_assim·L_assim + β·L_dev + γ·L_anchor             (each term switchable)
+
+v starts at N(0, 1) in the paper; `vocabulary_start` starts it at the token rows that lower this loss
+most (scan.inversion.init=vocabulary, the default here).
 """
 
 from __future__ import annotations

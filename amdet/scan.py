@@ -40,7 +40,8 @@ class ScanConfig:
     epochs: int = 2
     check_every: int = 2  # batches between check evaluations (once the running loss is low enough)
     check_early_exit: bool = False  # stop a check pass once its outcome is decided (statistics then partial)
-    init: str = "vocabulary"  # vocabulary: v starts at the token rows that lower the loss most | normal: N(0, init_std²), the paper's
+    # where v starts: vocabulary = the token rows that lower the loss most | normal = N(0, init_std²), the paper's
+    init: str = "vocabulary"
     init_std: float = 1.0  # init=normal: v ~ N(0, init_std²)
     screen_prompts: int = 2  # init=vocabulary, stage 1: every token on this many prompts ...
     screen_positions: int = 8  # ... cut to this many positions
@@ -55,7 +56,8 @@ class ScanConfig:
     def __post_init__(self):
         if self.init not in INITS:
             raise ValueError(f"scan.inversion.init must be one of {', '.join(INITS)}, got '{self.init}'")
-        for key in ("k", "lr", "batch_size", "epochs", "check_every", "screen_prompts", "screen_positions", "screen_candidates"):
+        for key in ("k", "lr", "batch_size", "epochs", "check_every",
+                    "screen_prompts", "screen_positions", "screen_candidates"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"scan.{key} must be positive, got {getattr(self, key)}")
         if not any((self.weights.assim, self.weights.dev, self.weights.anchor)):
@@ -194,7 +196,8 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
     times["init_s"] = time.perf_counter() - t
 
     snapshots = snapshots or Snapshots(None)
-    plain = Trajectory(model, data, cfg, None if start is None else start.v)  # the trajectory with no decision and no early epoch end
+    # the plain trajectory: no decision and no early epoch end
+    plain = Trajectory(model, data, cfg, None if start is None else start.v)
     budget = score_steps(cfg, n_batches(data, cfg))
     regimes = {name: Regime(c.thresholds, plain) for name, c in cfgs.items()}
     score, cache = None, {}  # cache: (what, v) → landscape or final assimilation of that v

@@ -46,9 +46,10 @@ SMOKE_CELL = [  # experiment=smoke's micro tiny-clip (built in seconds) at real_
     "encoder.tiny.pretrain.steps=3", "encoder.tiny.pretrain.batch_size=8", "encoder.tiny.prompts=32",
     "+encoder.tiny.quality_prompts=16", "detector.gcg.steps=1",
 ]
+CLIP_VOCAB = 49408  # rows of CLIP's BPE vocabulary, which every tiny base tokenizes with
 PHASES = {  # result.json times → the FLOP model's phases (sweeps/flops.py)
     "train_s": ("attack", "attack evaluation", "benign fine-tuning"), "features_s": ("shallow features",),
-    "inversion_s": ("inversion",), "checks_s": ("checks",), "score_s": ("score",), "landscape_s": ("landscape",),
+    "init_s": ("vocabulary screen",), "inversion_s": ("inversion",), "checks_s": ("checks",), "score_s": ("score",), "landscape_s": ("landscape",),
 }
 
 
@@ -83,7 +84,8 @@ def report(precision: str, runs: dict, peak: float | None) -> dict:
     cfg, records = runs["cfg"], runs["records"]
     shape = encoder_text_shape(cfg.encoder.name) or text_shape(dict(
         num_hidden_layers=cfg.encoder.tiny.arch.layers, hidden_size=cfg.encoder.tiny.arch.hidden,
-        intermediate_size=cfg.encoder.tiny.arch.ffn, max_position_embeddings=cfg.encoder.tiny.arch.max_length))
+        intermediate_size=cfg.encoder.tiny.arch.ffn, max_position_embeddings=cfg.encoder.tiny.arch.max_length,
+        vocab_size=CLIP_VOCAB))  # every tiny base has CLIP's BPE vocabulary
     rows, flops_done, seconds_done = [], 0.0, 0.0
     for kind in ("backdoor", "benign"):
         phases = {p.name: p for p in cell_flops(cfg, kind, shape)}
