@@ -131,7 +131,7 @@ class Trajectory:
         self.history = deque((v.to(self.v.device) for v in saved["history"]), maxlen=self.history.maxlen)
 
     def clone(self, model: TextEncoder) -> Trajectory:
-        twin = Trajectory(model, self.data, self.cfg, self.v)
+        twin = Trajectory(model, self.data, self.cfg)
         twin.restore(copy.deepcopy(self.state()))
         return twin
 
@@ -304,8 +304,7 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
             "reversed_feature": reversed_feature.cpu(),
             "landscape": land,
             "decision": r.decision,
-            "start": None if start is None else {"tokens": start.tokens, "token_ids": start.token_ids,
-                                                 "screen_loss": start.screen_loss, "loss": start.loss},
+            "start": None if start is None else {k: v for k, v in vars(start).items() if k != "v"},
             "test_prompts": [prompts[i] for i in data.test.tolist()],  # benign prompts the inversion never saw (for Sim)
             "shallow": {"prompts": len(prompts), "train": len(data.train), "test": len(data.test)},
             "regime_times": {"checks_s": r.checks_s, "landscape_s": r.landscape_s},

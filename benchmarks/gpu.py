@@ -49,7 +49,8 @@ SMOKE_CELL = [  # experiment=smoke's micro tiny-clip (built in seconds) at real_
 CLIP_VOCAB = 49408  # rows of CLIP's BPE vocabulary, which every tiny base tokenizes with
 PHASES = {  # result.json times → the FLOP model's phases (sweeps/flops.py)
     "train_s": ("attack", "attack evaluation", "benign fine-tuning"), "features_s": ("shallow features",),
-    "init_s": ("vocabulary screen",), "inversion_s": ("inversion",), "checks_s": ("checks",), "score_s": ("score",), "landscape_s": ("landscape",),
+    "init_s": ("vocabulary screen",), "inversion_s": ("inversion",), "checks_s": ("checks",), "score_s": ("score",),
+    "landscape_s": ("landscape",),
 }
 
 
