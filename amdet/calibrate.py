@@ -11,6 +11,12 @@ reached), and each threshold is fitted on those values:
 - a statistic that separates the classes gets the midpoint of the gap;
 - one that overlaps but still ranks well (AUROC ≥ 0.9) gets the split with the best Youden J;
 - one that carries no signal is switched off (a ratio threshold of −1 always passes);
+- a ratio check whose cut the test prompts' sampling noise could cross is switched off too: a ratio
+  is a count of n test prompts, so a model whose true rate is that of the calibration model nearest
+  the cut on its side (the weakest backdoor above it, the strongest benign model below it) lands on
+  the wrong side with binomial probability P; when P ≥ `calibration.noise_alpha` (5 %) the
+  calibration set cannot support the check (e.g. "different from the anchor" at 5 of 200 prompts
+  on the weakest backdoor and 0 on every benign model: P = 12 % to see ≤ 2);
 - the landscape filter, which exists to clear benign models that pass every other check (natural
   backdoor features), is fitted on those benign models only, and stays off when fewer than two of
   the calibration models get that far (the paper's ±10 span is ~0.9·|v| on a 128-d encoder, where
@@ -28,6 +34,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -35,6 +42,7 @@ import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from scipy.stats import binom
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from amdet.checks import CheckThresholds
@@ -58,6 +66,7 @@ def model_statistics(result: dict) -> dict:
     if not log_:
         raise ValueError("an observed scan logged no checks; lower scan.inversion.check_every")
     stats = {k: max(entry[k] for entry in log_) for k in RATIOS if k != "landscape_ratio"}
+    stats["prompts"] = max(entry.get("checked", 0) for entry in log_)  # the ratios' denominator (same: one fewer)
     stats["landscape_ratio"] = result["landscape_ratio"]
     stats["best_running_loss"] = result["best_running_loss"]
     stats["score"] = result["score"]
@@ -80,20 +89,38 @@ def split(pos: list[float], neg: list[float]) -> tuple[float | None, str, float]
     return None, "no signal", auroc
 
 
-def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds, min_models: int = 2) -> tuple[CheckThresholds, float, dict]:
+def wrong_side(cut: float, n: int, pos: list[float], neg: list[float]) -> float:
+    """The binomial probability that a ratio over n prompts falls on the wrong side of `cut` ('> cut ⇒
+    backdoor') for a model whose true rate is that of the calibration model nearest the cut on its
+    side: the weakest backdoor above it, the strongest benign model at or below it."""
+    k = math.floor(cut * n + 1e-9)  # ratio > cut ⇔ count > k
+    above, below = [p for p in pos if p > cut], [q for q in neg if q <= cut]
+    missed = float(binom.cdf(k, n, min(above))) if above else 1.0
+    flagged = float(binom.sf(k, n, max(below))) if below else 1.0
+    return max(missed, flagged)
+
+
+def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds, min_models: int = 2,
+        noise_alpha: float = 0.05) -> tuple[CheckThresholds, float, dict]:
     """Thresholds, score cut and a report of every statistic's class ranges from per-model statistics;
-    at least `min_models` of each class, since a check may be switched off on this evidence alone."""
+    at least `min_models` of each class, since a check may be switched off on this evidence alone.
+    A ratio check is switched off when prompt sampling alone would put a model like the calibration
+    models nearest its cut on the wrong side with probability ≥ `noise_alpha`."""
     if len(backdoor) < max(2, min_models) or len(benign) < max(2, min_models):
         raise ValueError(f"calibration needs at least {max(2, min_models)} backdoored and {max(2, min_models)} benign models, "
                          f"got {len(backdoor)} and {len(benign)}; add calibration models (e.g. experiment.calibration_seeds) "
                          "or lower calibration.min_models")
     fitted, report = {}, {}
+    prompts = min(s["prompts"] for s in backdoor + benign)
     for key in RATIOS[:3]:
         pos, neg = [s[key] for s in backdoor], [s[key] for s in benign]
         cut, rule, auroc = split(pos, neg)
+        noise = None if cut is None else wrong_side(cut, prompts - (key == "same_ratio"), pos, neg)
+        if noise is not None and noise >= noise_alpha:
+            cut, rule = None, f"{rule}, off: within sampling noise (P wrong side {noise:.2f} ≥ {noise_alpha})"
         fitted[key] = OFF if cut is None else round(cut, 6)
         report[key] = {"backdoor": [min(pos), max(pos)], "benign": [min(neg), max(neg)], "auroc": auroc,
-                       "rule": rule, "threshold": fitted[key]}
+                       "rule": rule, "threshold": fitted[key], "p_wrong_side": noise}
     # the loss gate: lower loss = more backdoor-like, so fit on −loss
     pos = [-s["best_running_loss"] for s in backdoor]
     neg = [-s["best_running_loss"] for s in benign]
@@ -217,7 +244,8 @@ def fit_profile(results: list[dict], cfg: DictConfig) -> dict:
             raise ValueError(f"{r.get('model_path')}: not an observed scan of a stored model; calibrate from cell.observe=true cells")
         groups[r["truth"]["kind"]].append(model_statistics(r))
     base = CheckThresholds(**OmegaConf.to_container(cfg.scan.checks, resolve=True))
-    thresholds, score_cut, report = fit(groups["backdoor"], groups["benign"], base, int(cfg.calibration.min_models))
+    thresholds, score_cut, report = fit(groups["backdoor"], groups["benign"], base, int(cfg.calibration.min_models),
+                                        float(cfg.calibration.noise_alpha))
     paradigms = sorted({r["truth"].get("paradigm") for r in results if r["truth"]["kind"] == "backdoor"} - {None})
     name = profile_name(family, hidden)
     print(f"calibrated {name} on {len(groups['backdoor'])} backdoored + {len(groups['benign'])} benign models")

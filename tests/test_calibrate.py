@@ -21,10 +21,11 @@ from tests.test_amdet import MICRO_SCAN, scan_cfg
 TRIGGER = {"text": "kz", "level": "word", "tokens": 1, "position": "start", "replaced_character": None}
 
 
-def stats(assim, same, diff, land, loss):
-    """One model's statistics; its score is taken as its best loss negated (higher for backdoors)."""
+def stats(assim, same, diff, land, loss, prompts=200):
+    """One model's statistics (ratios over `prompts` test prompts); its score is taken as its best loss
+    negated (higher for backdoors)."""
     return {"assim_ratio": assim, "same_ratio": same, "diff_ratio": diff, "landscape_ratio": land,
-            "best_running_loss": loss, "score": -loss}
+            "best_running_loss": loss, "score": -loss, "prompts": prompts}
 
 
 def test_fit_takes_gap_midpoints_and_switches_off_checks_without_signal():
@@ -43,6 +44,26 @@ def test_fit_takes_gap_midpoints_and_switches_off_checks_without_signal():
         assert s["assim_ratio"] > t.assim_ratio and s["same_ratio"] > t.same_ratio and s["score"] > score_cut
     for s in benign:
         assert not (s["assim_ratio"] > t.assim_ratio and s["same_ratio"] > t.same_ratio)
+
+
+def test_a_ratio_check_whose_cut_prompt_sampling_could_cross_is_switched_off():
+    # measured on the embedded study: "different from the anchor" on 5–14 of 200 prompts for the
+    # backdoors, 0 for every benign model; a backdoor like the weakest shows ≤ 2 of 200 12 % of the time
+    backdoor = [stats(1.0, 1.0, d, 0.5, -0.87) for d in (0.025, 0.05, 0.065, 0.07)]
+    benign = [stats(0.9, 0.0, 0.0, 0.5, -0.75)] * 4
+    t, _, report = fit(backdoor, benign, CheckThresholds(), min_models=4)
+    assert t.diff_ratio == OFF and "within sampling noise" in report["diff_ratio"]["rule"]
+    assert report["diff_ratio"]["p_wrong_side"] == pytest.approx(0.1215, abs=1e-3)
+    assert t.same_ratio == pytest.approx(0.5) and report["same_ratio"]["p_wrong_side"] < 1e-20, "a wide gap stays on"
+    # the same gap on 2,000 prompts is far outside the noise: the check stays on
+    t, _, _ = fit([{**s, "prompts": 2000} for s in backdoor], [{**s, "prompts": 2000} for s in benign],
+                  CheckThresholds(), min_models=4)
+    assert t.diff_ratio == pytest.approx(0.0125)
+    # an overlapping check (a Youden split) is off: the weakest backdoor above its cut sits at it
+    backdoor = [stats(a, 1.0, 0.5, 0.5, -0.87) for a in (0.93, 0.975, 1.0, 1.0)]
+    benign = [stats(a, 0.0, 0.0, 0.5, -0.75) for a in (0.97, 0.9, 0.85, 0.8)]
+    t, _, report = fit(backdoor, benign, CheckThresholds(), min_models=4)
+    assert report["assim_ratio"]["rule"].startswith("best Youden split, off") and t.assim_ratio == OFF
 
 
 def test_split_of_overlapping_but_ranked_values_is_the_best_youden_cut():

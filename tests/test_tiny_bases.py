@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.tiny import bases
-from core.tiny.architectures import TinyArch
+from core.tiny.architectures import TinyArch, random_encoder
 from core.tiny.bases import TinyBaseSpec, get_base, stretched
 from core.tiny.pretrain import PretrainConfig, overlap_matrix
 from core.loading import load_encoder
@@ -99,3 +99,16 @@ def test_pretrained_tiny_clip_is_not_random():
     quality = json.loads((bases.base_path("tiny-clip") / "manifest.json").read_text())["build"]["quality"]
     assert quality["assimilation"] < quality["assimilation_random_init"] - 0.2
     assert quality["spearman_vs_minilm"] > 0.2
+
+
+def test_pretraining_may_skip_positions_after_eos_under_a_causal_mask():
+    """Pretraining trims each CLIP batch after its last EOS (prompts are padded to 77 tokens): with a
+    causal mask the kept positions' features and the pooled EOS do not change."""
+    encoder = random_encoder(micro_arch("clip"), seed=0)
+    ids = encoder.tokenize(["a red car", "a photo of a dog on the beach at night"])
+    length = int(encoder.pool_positions(ids).max()) + 1
+    assert length < ids.shape[1]
+    with torch.no_grad():
+        full, cut = encoder(ids), encoder(ids[:, :length])
+    torch.testing.assert_close(cut, full[:, :length], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoder.pool(cut, ids[:, :length]), encoder.pool(full, ids), atol=1e-5, rtol=1e-5)

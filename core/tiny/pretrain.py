@@ -122,6 +122,7 @@ def distill(
     kind = "sigmoid" if encoder.family.name == "siglip" else "softmax"
     n = len(prompts)
     width = data.token_targets.shape[1]
+    trim = encoder.family.causal and encoder.family.pooling == "eos"  # CLIP pads prompts to 77 tokens
     history = []
     order = torch.randperm(n, generator=gen)
     pos = 0
@@ -132,11 +133,14 @@ def distill(
         idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
         ids = data.input_ids[idx]
+        if trim:  # under a causal mask, positions after the last pooled EOS reach no loss term: skip them
+            ids = ids[:, : int(encoder.pool_positions(ids).max()) + 1]
         hidden = encoder(ids)
-        # token features
-        pred = head(hidden[:, :width])
-        cos = F.cosine_similarity(pred, data.token_targets[idx].float(), dim=-1)
-        m = data.token_mask[idx]
+        # token features (every target position precedes its prompt's EOS)
+        w = min(width, ids.shape[1])
+        pred = head(hidden[:, :w])
+        cos = F.cosine_similarity(pred, data.token_targets[idx, :w].float(), dim=-1)
+        m = data.token_mask[idx, :w]
         token_loss = (1 - cos)[m].mean()
         # pooled token ↔ sentence embedding, and text_embeds ↔ tower, contrastively
         pooled = encoder.pool(hidden, ids)
