@@ -43,7 +43,7 @@ class ScanConfig:
     # where v starts: vocabulary = the token rows that lower the loss most | normal = N(0, init_std²), the paper's
     init: str = "vocabulary"
     init_std: float = 1.0  # init=normal: v ~ N(0, init_std²)
-    screen_prompts: int = 1  # init=vocabulary, stage 1: every token on this many prompts ...
+    screen_prompts: int = 2  # init=vocabulary, stage 1: every token on this many prompts ...
     screen_positions: int = 8  # ... cut to this many positions
     screen_candidates: int = 16  # stage 2: the best this many on a batch of whole prompts with the full loss
     score_steps: int | None = None  # the budget-fixed score's step; None: one epoch

@@ -18,7 +18,7 @@ from tests.helpers import PROMPTS, compose_config, micro_arch
 MICRO_SCAN = [
     "scan.prompts=40", "scan.inversion.batch_size=4", "scan.inversion.epochs=1", "scan.inversion.check_every=2",
     "scan.checks.loss_start=10", "scan.landscape.points=6", "scan.landscape.batch=7", "progress=false",
-    "scan.inversion.screen_positions=4",  # the vocabulary start at half its cost
+    "scan.inversion.screen_prompts=1", "scan.inversion.screen_positions=4",  # the vocabulary start at 1/4 of its cost
 ]
 
 

@@ -84,7 +84,7 @@ MICRO_STUDY = [
     "scan.inversion.batch_size=4", "scan.inversion.epochs=1", "scan.inversion.check_every=2", "scan.landscape.points=6",
     "wandb.mode=offline", "experiment.workers=1",  # micro cells: in this process (a worker's start costs more)
     "calibration.min_models=2",  # one paradigm, 2 + 2 micro calibration models
-    "scan.inversion.screen_positions=4",  # the vocabulary start at half its cost
+    "scan.inversion.screen_prompts=1", "scan.inversion.screen_positions=4",  # the vocabulary start at 1/4 of its cost
 ]
 
 
