@@ -22,8 +22,13 @@ reached), and each threshold is fitted on those values:
   the calibration models get that far (the paper's ±10 span is ~0.9·|v| on a 128-d encoder, where
   the landscape tells little anyway).
 
-The loss gate (checks start below `loss_start`) comes from the best running loss; the score cut
-(score > cut ⇒ backdoor) from the scan's continuous score.
+The loss gate (checks start below `loss_start`) is fitted on what it tests: the lowest running loss
+a model shows at a check point. When a ratio check is on, the ratio checks are what reject benign
+models and the gate only keeps a scan from deciding before v has converged, so it opens just below
+the lowest loss any benign calibration model reached (not at the middle of the gap, which would also
+shut out backdoors weaker than every calibration backdoor); with every ratio check off, the gate is
+the only discriminating test and takes the midpoint rules above. The score cut (score > cut ⇒
+backdoor) comes from the scan's continuous score.
 The profile lands in `paths.profiles_dir/<family>-h<hidden>.yaml` (or `job.out`) and lists
 its calibration models, so a scan refuses to score them with it.
 """
@@ -69,6 +74,7 @@ def model_statistics(result: dict) -> dict:
     stats["prompts"] = max(entry.get("checked", 0) for entry in log_)  # the ratios' denominator (same: one fewer)
     stats["landscape_ratio"] = result["landscape_ratio"]
     stats["best_running_loss"] = result["best_running_loss"]
+    stats["gate_loss"] = min(entry["running_loss"] for entry in log_)  # what the loss gate compares, at check points
     stats["score"] = result["score"]
     return stats
 
@@ -122,17 +128,19 @@ def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds, min_mod
         report[key] = {"backdoor": [min(pos), max(pos)], "benign": [min(neg), max(neg)], "auroc": auroc,
                        "rule": rule, "threshold": fitted[key], "p_wrong_side": noise}
     # the loss gate: lower loss = more backdoor-like, so fit on −loss
-    pos = [-s["best_running_loss"] for s in backdoor]
-    neg = [-s["best_running_loss"] for s in benign]
+    pos = [-s["gate_loss"] for s in backdoor]
+    neg = [-s["gate_loss"] for s in benign]
     cut, rule, auroc = split(pos, neg)
-    if cut is None:  # no signal in the loss: let every backdoored model reach the checks
+    if any(fitted[k] != OFF for k in RATIOS[:3]):  # a ratio check decides: the gate waits for convergence only
+        cut, rule = max(neg), f"{rule}; opens below every benign model (a ratio check decides)"
+    elif cut is None:  # no signal in the loss: let every backdoored model reach the checks
         cut = min(pos) - 0.01
     loss_start = -cut
     # the epoch ends once the running loss is as low as a typical backdoored model's best; the checks
     # of that step run first, and loss_stop must stay below loss_start or they never would
     loss_stop = min(-statistics.median(pos), loss_start - 0.01)
-    report["best_running_loss"] = {"backdoor": [-max(pos), -min(pos)], "benign": [-max(neg), -min(neg)],
-                                   "auroc": auroc, "rule": rule, "loss_start": loss_start, "loss_stop": loss_stop}
+    report["gate_loss"] = {"backdoor": [-max(pos), -min(pos)], "benign": [-max(neg), -min(neg)],
+                           "auroc": auroc, "rule": rule, "loss_start": loss_start, "loss_stop": loss_stop}
     # the score cut: score > cut ⇒ backdoor, for a verdict (and an operating point) from the score alone
     pos, neg = [s["score"] for s in backdoor], [s["score"] for s in benign]
     cut, rule, auroc = split(pos, neg)
@@ -141,7 +149,7 @@ def fit(backdoor: list[dict], benign: list[dict], base: CheckThresholds, min_mod
                        "rule": rule, "threshold": score_cut}
     # the landscape filter exists to clear benign models that pass every other check (natural
     # backdoor features): it is fitted on those alone, and stays off when no benign model gets there
-    passing = [s for s in benign if -s["best_running_loss"] > -loss_start
+    passing = [s for s in benign if s["gate_loss"] < loss_start
                and all(s[k] > fitted[k] for k in RATIOS[:3])]
     pos = [s["landscape_ratio"] for s in backdoor]
     neg = [s["landscape_ratio"] for s in passing]

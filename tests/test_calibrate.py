@@ -25,7 +25,7 @@ def stats(assim, same, diff, land, loss, prompts=200):
     """One model's statistics (ratios over `prompts` test prompts); its score is taken as its best loss
     negated (higher for backdoors)."""
     return {"assim_ratio": assim, "same_ratio": same, "diff_ratio": diff, "landscape_ratio": land,
-            "best_running_loss": loss, "score": -loss, "prompts": prompts}
+            "best_running_loss": loss, "gate_loss": loss, "score": -loss, "prompts": prompts}
 
 
 def test_fit_takes_gap_midpoints_and_switches_off_checks_without_signal():
@@ -36,7 +36,7 @@ def test_fit_takes_gap_midpoints_and_switches_off_checks_without_signal():
     assert t.diff_ratio == OFF and report["diff_ratio"]["rule"] == "no signal", "equal on both classes: no signal"
     assert t.landscape_ratio == OFF and report["landscape_ratio"]["rule"].startswith("off: 0 benign"), \
         "no benign model passes the other checks: nothing for the landscape filter to clear"
-    assert t.loss_start == pytest.approx(-(0.84 + 0.47) / 2), "loss gate: the midpoint of the best-loss gap"
+    assert t.loss_start == pytest.approx(-0.47), "a ratio check decides: the gate opens below every benign model"
     assert score_cut == pytest.approx((0.84 + 0.47) / 2), "score cut: the midpoint of the score gap"
     assert t.loss_stop < t.loss_start, "the epoch must not end before the checks can run"
     assert (t.assim_token, t.same_token) == (0.8, 0.92), "per-prompt thresholds keep their configured values"
@@ -66,6 +66,14 @@ def test_a_ratio_check_whose_cut_prompt_sampling_could_cross_is_switched_off():
     assert report["assim_ratio"]["rule"].startswith("best Youden split, off") and t.assim_ratio == OFF
 
 
+def test_the_loss_gate_takes_the_gap_midpoint_only_when_no_ratio_check_decides():
+    backdoor = [stats(0.5, 0.0, 0.0, 0.5, loss) for loss in (-0.88, -0.84, -0.86)]
+    benign = [stats(0.5, 0.0, 0.0, 0.5, loss) for loss in (-0.45, -0.47)]
+    t, _, report = fit(backdoor, benign, CheckThresholds())
+    assert (t.assim_ratio, t.same_ratio, t.diff_ratio) == (OFF, OFF, OFF)
+    assert t.loss_start == pytest.approx(-(0.84 + 0.47) / 2) and report["gate_loss"]["rule"] == "separates"
+
+
 def test_split_of_overlapping_but_ranked_values_is_the_best_youden_cut():
     pos, neg = [0.9, 0.8, 0.7, 0.35], [0.1, 0.2, 0.3, 0.4]
     cut, rule, auroc = split(pos, neg)
@@ -81,7 +89,7 @@ def test_fit_needs_both_classes():
 def test_observe_mode_never_decides():
     t = observing(CheckThresholds())
     assert t.loss_start == math.inf and t.loss_stop == -math.inf and t.same_ratio == math.inf
-    entry = {"assim_ratio": 0.3, "same_ratio": 0.1, "diff_ratio": 0.0}
+    entry = {"assim_ratio": 0.3, "same_ratio": 0.1, "diff_ratio": 0.0, "running_loss": -0.4}
     s = model_statistics({"checks": [entry, {**entry, "assim_ratio": 0.6}], "landscape_ratio": 0.4,
                           "best_running_loss": -0.5, "score": 0.7})
     assert s["assim_ratio"] == 0.6 and s["landscape_ratio"] == 0.4
