@@ -95,7 +95,8 @@ def finished_record(out: Path, detector: str, cfg: DictConfig | None = None) -> 
     if cfg is not None and record.get("settings_key") != (current := settings_key(cfg, detector)):
         raise StaleResult(
             f"{path} was made with other settings than the current config's (settings key "
-            f"{record.get('settings_key')} vs {current}: e.g. another base, attack or scan config); move {out} "
+            f"{record.get('settings_key')} vs {current}: e.g. another base, attack or scan config, or a refitted "
+            f"threshold profile); move {out} "
             "away to recompute the cell, or restore the settings it was made with"
         )
     return record

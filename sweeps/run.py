@@ -131,6 +131,7 @@ def run_experiment(overrides: list[str], progress: bool = True, report: bool = T
     if calibration and AMDET in detectors.names(cfg):  # the profiles are AMDET's thresholds
         summary["calibration"] = run_phase(calibration, cfg, sweep_dir, progress, "calibration cells")
         summary["profiles"] = [str(p) for p in fit_profiles(cfg, calibration)]
+        check_all(scored)  # a refit that changed a profile makes the cells scored with the old one stale
     summary["scored"] = run_phase(scored, cfg, sweep_dir, progress, "cells")
     summary["time_s"] = round(time.perf_counter() - t0, 1)
     if report:

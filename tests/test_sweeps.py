@@ -140,6 +140,19 @@ def test_a_finished_cell_made_with_other_settings_is_refused_neither_reused_nor_
     assert victim.read_text() == before
 
 
+def test_a_refit_that_changes_the_profile_refuses_the_cells_scored_with_the_old_one(study, tmp_path):
+    sweep_dir, overrides, _ = study
+    shutil.copytree(sweep_dir, tmp_path / "sweeps" / "embedded")
+    records = {p: json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "embedded").glob("*/detectors/amdet/result.json")}
+    observed = next(p for p, r in records.items() if r["cell"]["observe"] and r["cell"]["kind"] == "benign")
+    observed.write_text(json.dumps({**records[observed], "score": records[observed]["score"] + 5}))  # the fit moves
+    scored = {p: p.read_text() for p, r in records.items() if not r["cell"]["observe"]}
+    moved = [*(o for o in overrides if not o.startswith("paths.output_dir=")), f"paths.output_dir={tmp_path}"]
+    with pytest.raises(StaleResult, match="refitted threshold profile.*move .* away to recompute"):
+        run_experiment(moved, progress=False, report=False)
+    assert all(p.read_text() == text for p, text in scored.items()), "the old records are kept, not overwritten"
+
+
 def test_the_settings_key_follows_what_a_result_depends_on_and_nothing_else():
     key = settings_key(compose_config(["encoder=tiny-clip"]))
     assert key == settings_key(compose_config(["cell.keep_model=false", "progress=false", "threads=1",
