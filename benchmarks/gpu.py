@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.precision import PRECISIONS  # noqa: E402
+from core.tiny.architectures import TinyArch, hf_config  # noqa: E402
 from sweeps.flops import GPUS, cell_flops, encoder_text_shape, gpu_seconds, text_shape  # noqa: E402
 from sweeps.grid import compose_config, plan  # noqa: E402
 from sweeps.run import run_experiment  # noqa: E402
@@ -46,7 +48,6 @@ SMOKE_CELL = [  # experiment=smoke's micro tiny-clip (built in seconds) at real_
     "encoder.tiny.pretrain.steps=3", "encoder.tiny.pretrain.batch_size=8", "encoder.tiny.prompts=32",
     "+encoder.tiny.quality_prompts=16", "detector.gcg.steps=1",
 ]
-CLIP_VOCAB = 49408  # rows of CLIP's BPE vocabulary, which every tiny base tokenizes with
 PHASES = {  # result.json times → the FLOP model's phases (sweeps/flops.py)
     "train_s": ("attack", "attack evaluation", "benign fine-tuning"), "features_s": ("shallow features",),
     "init_s": ("vocabulary screen",), "inversion_s": ("inversion",), "checks_s": ("checks",), "score_s": ("score",),
@@ -83,10 +84,8 @@ def run_cells(precision: str, device: str, smoke: bool, out: Path) -> dict:
 def report(precision: str, runs: dict, peak: float | None) -> dict:
     """Phase times, FLOPs and achieved TFLOP/s of the backdoor cell's AMDET scan and training."""
     cfg, records = runs["cfg"], runs["records"]
-    shape = encoder_text_shape(cfg.encoder.name) or text_shape(dict(
-        num_hidden_layers=cfg.encoder.tiny.arch.layers, hidden_size=cfg.encoder.tiny.arch.hidden,
-        intermediate_size=cfg.encoder.tiny.arch.ffn, max_position_embeddings=cfg.encoder.tiny.arch.max_length,
-        vocab_size=CLIP_VOCAB))  # every tiny base has CLIP's BPE vocabulary
+    shape = encoder_text_shape(cfg.encoder.name) or text_shape(  # a tiny base: its own transformers config
+        hf_config(TinyArch(**OmegaConf.to_container(cfg.encoder.tiny.arch))).to_dict())
     rows, flops_done, seconds_done = [], 0.0, 0.0
     for kind in ("backdoor", "benign"):
         phases = {p.name: p for p in cell_flops(cfg, kind, shape)}

@@ -35,11 +35,12 @@ class MixedCompute(ValueError):
     """A finished cell computed on another device type or in another precision than the current config."""
 
 
-def check_all(cells: list[Cell]) -> None:
+def check_all(cells: list[Cell], configs: dict | None = None) -> dict:
     """Compose and validate every cell before the first one starts (a bad override fails at once), and
     refuse a sweep whose finished cells were made with other settings (StaleResult names the first) or
-    computed on another device type or precision (MixedCompute, unless experiment.allow_mixed_compute)."""
-    configs = {}
+    computed on another device type or precision (MixedCompute, unless experiment.allow_mixed_compute).
+    Returns the composed configs by cell settings; pass them back to re-check without composing again."""
+    configs = {} if configs is None else configs
     for cell in cells:
         key = cell.settings
         if key not in configs:
@@ -62,6 +63,7 @@ def check_all(cells: list[Cell]) -> None:
                     f"computes with {now!r}; set {what.split()[0]}={was} to continue the sweep as it was computed, move "
                     "the cell away to recompute it, or set experiment.allow_mixed_compute=true to mix them"
                 )
+    return configs
 
 
 def record_sweep(sweep_dir: Path, overrides: list[str], scored: list[Cell], calibration: list[Cell]) -> None:
@@ -124,14 +126,14 @@ def fit_profiles(cfg, calibration: list[Cell]) -> list[Path]:
 def run_experiment(overrides: list[str], progress: bool = True, report: bool = True) -> dict:
     cfg, scored, calibration = plan(overrides)
     sweep_dir = Path(cfg.hydra.sweep.dir)
-    check_all(calibration + scored)
+    configs = check_all(calibration + scored)
     record_sweep(sweep_dir, overrides, scored, calibration)
     t0 = time.perf_counter()
     summary = {"sweep_dir": str(sweep_dir)}
     if calibration and AMDET in detectors.names(cfg):  # the profiles are AMDET's thresholds
         summary["calibration"] = run_phase(calibration, cfg, sweep_dir, progress, "calibration cells")
         summary["profiles"] = [str(p) for p in fit_profiles(cfg, calibration)]
-        check_all(scored)  # a refit that changed a profile makes the cells scored with the old one stale
+        check_all(scored, configs)  # a refit that changed a profile makes the cells scored with the old one stale
     summary["scored"] = run_phase(scored, cfg, sweep_dir, progress, "cells")
     summary["time_s"] = round(time.perf_counter() - t0, 1)
     if report:
