@@ -151,7 +151,9 @@ def summary_line(result: dict) -> str:
     sim = result.get("sim")  # present once evaluation has added it
     sim_text = f", Sim {sim:.3f}" if sim is not None else ""
     verdicts = ", ".join(f"{k} {v}" for k, v in (result["verdicts"] or {}).items() if v)
-    return (f"{verdicts or 'observed'} (score {result['score']:.3f}, landscape {result['landscape_ratio']:.2f}, "
+    ratio = result["landscape_ratio"]
+    landscape = "off" if ratio is None else f"{ratio:.2f}"
+    return (f"{verdicts or 'observed'} (score {result['score']:.3f}, landscape {landscape}, "
             f"{result['steps']} steps{sim_text}, {result['time_s']:.1f} s)")
 
 
@@ -176,8 +178,10 @@ def scan(out: Path, cfg: DictConfig, model: TextEncoder, anchor: TextEncoder, ob
     name0 = CALIBRATED if CALIBRATED in plans else next(iter(plans))
     order = [name0, *(name for name in plans if name != name0)]
     configs = {name: scan_config(s, plans[name][0]) for name in order}
-    if observe:  # calibration fits on the full statistics, and nothing is decided to stop on
-        configs = {name: dataclasses.replace(c, check_early_exit=False) for name, c in configs.items()}
+    if observe:  # calibration fits on the full statistics (the landscape too), and nothing is decided to stop on
+        configs = {name: dataclasses.replace(c, check_early_exit=False,
+                                             landscape=dataclasses.replace(c.landscape, undecided=True))
+                   for name, c in configs.items()}
     snapshots = snapshots_for(cfg, "scan")
     found, scan_times, _ = scan_regimes(model, anchor, prompts, configs, cfg.progress, snapshots)
     primary = found[order[0]]

@@ -38,6 +38,7 @@ class LandscapeConfig:
     eig_tol: float = 1e-6  # eigenvalues above this count as positive
     batch: int | None = None  # grid points per forward pass; None: the model's rows_per_pass
     seed: int = 0  # the random second direction
+    undecided: bool = True  # also where a regime ended undecided: for the record, no verdict depends on it
 
     def __post_init__(self):
         if self.points < 3 or self.span <= 0 or (self.batch is not None and self.batch <= 0):

@@ -22,12 +22,15 @@ def write_artifacts(out: Path, result: dict) -> dict[str, str]:
     save_file({"reversed_feature": result["reversed_feature"].contiguous()}, out / "reversed_feature.safetensors")
     # diffusers' load_textual_inversion reads {token: [k, D]} from a safetensors file
     save_file({TI_TOKEN: result["v"].contiguous()}, out / "learned_embeds.safetensors")
-    save_file({k: land[k].contiguous() for k in ("alphas", "grid", "eigenvalues")}, out / "landscape.safetensors")
-    surface_plot(land, out / "landscape.png")
-    spectrum_plot(land, out / "hessian_spectrum.png")
-    return {"v": "v.safetensors", "reversed_feature": "reversed_feature.safetensors",
-            "textual_inversion": "learned_embeds.safetensors", "landscape": "landscape.safetensors",
-            "landscape_plot": "landscape.png", "hessian_spectrum_plot": "hessian_spectrum.png"}
+    files = {"v": "v.safetensors", "reversed_feature": "reversed_feature.safetensors",
+             "textual_inversion": "learned_embeds.safetensors"}
+    if "grid" in land:  # not when it decided with the landscape check off (nothing computed)
+        save_file({k: land[k].contiguous() for k in ("alphas", "grid", "eigenvalues")}, out / "landscape.safetensors")
+        surface_plot(land, out / "landscape.png")
+        spectrum_plot(land, out / "hessian_spectrum.png")
+        files.update(landscape="landscape.safetensors", landscape_plot="landscape.png",
+                     hessian_spectrum_plot="hessian_spectrum.png")
+    return files
 
 
 def surface_plot(land: dict, path: Path) -> None:

@@ -29,6 +29,8 @@ from core.snapshot import Snapshots
 
 
 INITS = ("vocabulary", "normal")
+# a landscape not computed: deciding with the check off, or ending undecided with scan.landscape.undecided=false
+NO_LANDSCAPE = {"positive_ratio": None, "computed": False}
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class ScanConfig:
     init_std: float = 1.0  # init=normal: v ~ N(0, init_std²)
     screen_prompts: int = 2  # init=vocabulary, stage 1: every token on this many prompts ...
     screen_positions: int = 8  # ... cut to this many positions
+    screen_keep: int | None = 4096  # ... the first prompt's best this many on the others (None: every token on each)
     screen_candidates: int = 16  # stage 2: the best this many on a batch of whole prompts with the full loss
     score_steps: int | None = None  # the budget-fixed score's step; None: one epoch
     test_share: float = 0.2
@@ -60,6 +63,9 @@ class ScanConfig:
                     "screen_prompts", "screen_positions", "screen_candidates"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"scan.{key} must be positive, got {getattr(self, key)}")
+        if self.screen_keep is not None and self.screen_keep < max(self.screen_candidates, self.k):
+            raise ValueError(f"scan.inversion.screen_keep must be null or at least screen_candidates "
+                             f"({self.screen_candidates}), got {self.screen_keep}")
         if not any((self.weights.assim, self.weights.dev, self.weights.anchor)):
             raise ValueError("every inversion loss term is switched off; enable at least one of scan.weights.*")
 
@@ -192,7 +198,7 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
     start = None
     if cfg.init == "vocabulary":
         start = vocabulary_start(model, anchor, data, cfg.k, cfg.weights, cfg.screen_prompts, cfg.screen_positions,
-                                 cfg.screen_candidates, cfg.batch_size)
+                                 cfg.screen_candidates, cfg.batch_size, cfg.screen_keep)
     times["init_s"] = time.perf_counter() - t
 
     snapshots = snapshots or Snapshots(None)
@@ -252,11 +258,14 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
                 entry = {"step": traj.steps, "epoch": traj.epoch, "running_loss": running, **terms_prefixed(terms), **stats}
                 r.log.append(entry)
                 if stats["all_pass"]:
-                    land, spent = timed("landscape_s", once, "landscape", traj.v,
-                                        lambda: landscape_of(model, anchor, data, traj.v, cfg))
-                    r.landscape_s += spent
+                    if th.landscape_ratio < 0:  # switched off: every ratio passes, so its grid decides nothing
+                        land = NO_LANDSCAPE
+                    else:
+                        land, spent = timed("landscape_s", once, "landscape", traj.v,
+                                            lambda: landscape_of(model, anchor, data, traj.v, cfg))
+                        r.landscape_s += spent
                     entry["landscape_ratio"] = land["positive_ratio"]
-                    if land["positive_ratio"] > th.landscape_ratio:
+                    if th.landscape_ratio < 0 or land["positive_ratio"] > th.landscape_ratio:
                         r.decided, r.done, r.v, r.steps = land, True, traj.v.detach().clone(), traj.steps
                         r.decision = decision_record(model, test_hidden, traj, entry)
             walkers = [r for r in walkers if not r.done]
@@ -285,8 +294,12 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
 
     found = {}
     for name, r in regimes.items():
-        land = r.decided or timed("landscape_s", once, "landscape", r.v,
-                                  lambda: landscape_of(model, anchor, data, r.v, cfg))[0]  # a benign scan's record has one too
+        if r.decided:
+            land = r.decided
+        elif cfg.landscape.undecided:  # a benign scan's record has one too
+            land = timed("landscape_s", once, "landscape", r.v, lambda: landscape_of(model, anchor, data, r.v, cfg))[0]
+        else:
+            land = NO_LANDSCAPE
         final = once("assimilation", r.v, lambda: measure_score(r.v))
         with torch.no_grad():
             reversed_feature = model.encode(insert(test_hidden[:1], r.v, model.insert_position))[0]

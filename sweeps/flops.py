@@ -95,10 +95,12 @@ def cell_flops(cfg, kind: str, text: TransformerShape) -> list[Phase]:
     anchor = 2 if s.weights.anchor else 1  # the anchor term runs v through the anchor too
     phases.append(Phase("shallow features", 2 * F * s.prompts, "model", f"{s.prompts} prompts, model and anchor"))
     if inv.init == "vocabulary":
-        screen = text.vocab * inv.screen_prompts * text.forward_at(min(inv.screen_positions, text.positions))
+        others = min(inv.screen_keep or text.vocab, text.vocab)  # the first prompt's best, on the other prompts
+        rows = text.vocab + others * (inv.screen_prompts - 1)
+        screen = rows * text.forward_at(min(inv.screen_positions, text.positions))
         phases.append(Phase("vocabulary screen", screen + inv.screen_candidates * inv.batch_size * F * anchor, "model",
-                            f"{text.vocab} tokens × {inv.screen_prompts} prompts cut to {inv.screen_positions} positions, "
-                            f"then {inv.screen_candidates} on {inv.batch_size} whole prompts"))
+                            f"{text.vocab} tokens on 1 prompt + {others} on {inv.screen_prompts - 1} more, cut to "
+                            f"{inv.screen_positions} positions, then {inv.screen_candidates} on {inv.batch_size} whole prompts"))
     phases.append(Phase("inversion", inv.epochs * train * 2 * F * anchor, "model",
                         f"{inv.epochs} epochs × {train} rows, input gradients only"))
     share = 1.0 if cfg.cell.observe else CHECKED_SHARE  # a calibration cell checks from its first step
@@ -107,8 +109,9 @@ def cell_flops(cfg, kind: str, text: TransformerShape) -> list[Phase]:
     phases.append(Phase("checks", checks * test * 2 * F, "model", f"{checks:.0f} passes over {test} test prompts ({why})"))
     score = inv.score_steps if inv.score_steps is not None else batches
     phases.append(Phase("score", score * inv.batch_size * 2 * F * anchor, "model", f"{score} plain inversion steps"))
-    phases.append(Phase("landscape", s.landscape.points**2 * 2 * F, "fp64",
-                        f"{s.landscape.points}² points × 2 models, float64"))
+    if s.landscape.undecided or cfg.cell.observe or kind == "backdoor":  # else a benign scan, undecided: none
+        phases.append(Phase("landscape", s.landscape.points**2 * 2 * F, "fp64",
+                            f"{s.landscape.points}² points × 2 models, float64"))
     detectors = set(cfg.cell.detectors)
     if "gcg" in detectors:
         g = cfg.detector.gcg

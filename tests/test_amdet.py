@@ -83,6 +83,21 @@ def test_the_vocabulary_start_is_the_full_loss_best_of_the_screens_candidates(mi
     assert best == pytest.approx(start.loss[0], abs=1e-5)
 
 
+def test_the_screen_takes_only_the_first_prompts_best_to_the_other_prompts(micro_encoder, family):
+    anchor = random_encoder(micro_arch(family), seed=1)
+    data = shallow_set(micro_encoder, PROMPTS * 3, 0.3, 0)
+    w, rows = LossWeights(), token_rows(micro_encoder)
+    args = dict(k=2, weights=w, prompts=2, positions=8, candidates=6, batch=3)
+    every = vocabulary_start(micro_encoder, anchor, data, **args, keep=None)
+    assert vocabulary_start(micro_encoder, anchor, data, **args, keep=len(rows)).token_ids == every.token_ids
+    few = vocabulary_start(micro_encoder, anchor, data, **args, keep=6)
+    idx, screen = data.train[:2], LossWeights(anchor=0.0)
+    first = screen_losses(micro_encoder, anchor, data.hidden[idx[:1], :8], data.output[idx[:1], :8], rows, screen)
+    assert set(few.token_ids) <= set(first.argsort()[:6].tolist())  # nothing the first prompt left out
+    both = screen_losses(micro_encoder, anchor, data.hidden[idx, :8], data.output[idx, :8], rows[few.token_ids], screen)
+    assert few.screen_loss == pytest.approx(both.tolist(), abs=1e-5)  # the kept ones: their mean over both prompts
+
+
 def test_hessian_eigenvalues_of_a_bowl_and_a_saddle():
     x = torch.linspace(-1, 1, 21, dtype=torch.float64)
     a, b = torch.meshgrid(x, x, indexing="ij")

@@ -41,12 +41,12 @@ def test_the_plan_prints_gpu_hours_per_family_from_flops(capsys):
     assert "GPU-hours" in out and "dearest cell:" in out
 
 
-def test_the_vocabulary_screen_tries_every_token_on_short_rows_and_a_normal_start_costs_nothing():
+def test_the_vocabulary_screen_tries_every_token_on_one_short_row_its_best_on_the_others_and_a_normal_start_costs_nothing():
     shape = text_shape(SHAPES["clip-l"].text)
     cfg = compose_config("encoder=clip-l")
     inv = cfg.scan.inversion
     screen = next(p for p in cell_flops(cfg, "benign", shape) if p.name == "vocabulary screen")
-    short = 49408 * inv.screen_prompts * shape.forward_at(inv.screen_positions)
+    short = (49408 + inv.screen_keep * (inv.screen_prompts - 1)) * shape.forward_at(inv.screen_positions)
     assert screen.flops == pytest.approx(short + inv.screen_candidates * inv.batch_size * shape.forward * 2)
     normal = cell_flops(compose_config("encoder=clip-l", "scan.inversion.init=normal"), "benign", shape)
     assert "vocabulary screen" not in [p.name for p in normal]

@@ -14,6 +14,7 @@ from amdet.checks import observing
 from amdet.checks import CheckThresholds
 from amdet.job import regimes, scan_to
 from amdet.landscape import LandscapeConfig
+from amdet.outputs import write_artifacts
 from amdet.scan import ScanConfig, scan, scan_regimes
 from core.drift import weight_distance
 from core.snapshot import Snapshots
@@ -77,6 +78,28 @@ def test_regimes_scanned_together_end_as_each_scanned_alone(models):
     assert together["decides"]["steps"] < together["watches"]["steps"] and together["ends_early"]["steps"] == 2
     with pytest.raises(ValueError, match="differ in their check thresholds only"):
         scan_regimes(model, anchor, PROMPTS, {"a": config(), "b": replace(config(), lr=0.5)}, progress=False)
+
+
+def test_a_landscape_check_that_is_off_computes_no_landscape(models, tmp_path):
+    model, anchor = models
+    off = scan(model, anchor, PROMPTS, config(loss_start=10.0, **OFF), progress=False)
+    assert off["verdict"] == "backdoor" and off["landscape_ratio"] is None and off["regime_times"]["landscape_s"] == 0
+    assert off["checks"][-1]["landscape_ratio"] is None
+    files = write_artifacts(tmp_path, off)
+    assert "landscape" not in files and not (tmp_path / "landscape.png").exists() and (tmp_path / files["v"]).is_file()
+    on = scan(model, anchor, PROMPTS, config(loss_start=10.0, **{**OFF, "landscape_ratio": 0.0}), progress=False)
+    assert on["regime_times"]["landscape_s"] > 0 and on["checks"][0]["landscape_ratio"] is not None
+    quiet = replace(config(), landscape=LandscapeConfig(points=5, batch=8, undecided=False))
+    undecided = scan(model, anchor, PROMPTS, quiet, progress=False)  # the paper's thresholds: never decides here
+    assert undecided["verdict"] == "benign" and undecided["landscape_ratio"] is None
+    assert undecided["score"] == scan(model, anchor, PROMPTS, config(), progress=False)["score"]
+
+
+def test_a_calibration_scan_has_its_landscape_whatever_the_setting(tmp_path, pair):
+    cfg = compose_config("job=scan", *MICRO_SCAN, f"scan.model_path={pair[0]}", f"scan.anchor_path={pair[1]}",
+                         "paths.profiles_dir=null", "scan.landscape.undecided=false")
+    assert scan_to(tmp_path / "scored", cfg)["landscape_ratio"] is None
+    assert scan_to(tmp_path / "observed", cfg, observe=True)["landscape_ratio"] is not None, "the fit needs it"
 
 
 def test_regimes_killed_after_their_trajectories_forked_resume_to_the_same_ends(models, tmp_path, monkeypatch):
