@@ -150,7 +150,7 @@ def vocabulary_start(model: TextEncoder, anchor: TextEncoder, data: ShallowSet, 
     `keep`: stage 1 scores every token on the first prompt and only its best `keep` on the others
     (None: every token on every prompt), for about 1/prompts of the cost. The choice is the exhaustive
     screen's whenever the candidates it would take rank within `keep` on the first prompt alone
-    (39 tiny-clip models: all within 1,077 of 49,408, but up to 10,315 on the second; docs/figures.md)."""
+    (40 tiny-clip models: all within 1,077 of 49,408, but up to 10,315 on the second; docs/figures.md)."""
     rows = token_rows(model)
     idx = data.train[:prompts]
     screen = dataclass_replace(weights, anchor=0.0)

@@ -24,7 +24,7 @@ def write_artifacts(out: Path, result: dict) -> dict[str, str]:
     save_file({TI_TOKEN: result["v"].contiguous()}, out / "learned_embeds.safetensors")
     files = {"v": "v.safetensors", "reversed_feature": "reversed_feature.safetensors",
              "textual_inversion": "learned_embeds.safetensors"}
-    if "grid" in land:  # not when it decided with the landscape check off (nothing computed)
+    if "grid" in land:  # none where nothing was computed (scan.NO_LANDSCAPE)
         save_file({k: land[k].contiguous() for k in ("alphas", "grid", "eigenvalues")}, out / "landscape.safetensors")
         surface_plot(land, out / "landscape.png")
         spectrum_plot(land, out / "hessian_spectrum.png")
