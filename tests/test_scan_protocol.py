@@ -175,3 +175,9 @@ def test_table4_cells_run_with_their_own_tau_under_a_profile(tmp_path, models):
     calibrated = vars(regimes(cfg, model, observe=False)["calibrated"][0])
     assert (calibrated["assim_ratio"], calibrated["landscape_ratio"]) == (0.7, 0.6), "the cell's τ, not the profile's"
     assert (calibrated["diff_ratio"], calibrated["loss_start"]) == (0.33, -0.5), "the rest from the profile"
+
+
+def test_a_screen_that_keeps_fewer_tokens_than_its_candidates_is_refused():
+    with pytest.raises(ValueError, match="screen_keep must be null or at least screen_candidates \\(16\\), got 8"):
+        ScanConfig(screen_keep=8)
+    assert ScanConfig(screen_keep=None).screen_keep is None
