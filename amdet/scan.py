@@ -258,14 +258,15 @@ def scan_regimes(model: TextEncoder, anchor: TextEncoder, prompts: list[str], cf
                 entry = {"step": traj.steps, "epoch": traj.epoch, "running_loss": running, **terms_prefixed(terms), **stats}
                 r.log.append(entry)
                 if stats["all_pass"]:
-                    if th.landscape_ratio < 0:  # switched off: every ratio passes, so its grid decides nothing
+                    off = th.landscape_ratio < 0  # every ratio passes it, so its grid would decide nothing
+                    if off:
                         land = NO_LANDSCAPE
                     else:
                         land, spent = timed("landscape_s", once, "landscape", traj.v,
                                             lambda: landscape_of(model, anchor, data, traj.v, cfg))
                         r.landscape_s += spent
                     entry["landscape_ratio"] = land["positive_ratio"]
-                    if th.landscape_ratio < 0 or land["positive_ratio"] > th.landscape_ratio:
+                    if off or land["positive_ratio"] > th.landscape_ratio:
                         r.decided, r.done, r.v, r.steps = land, True, traj.v.detach().clone(), traj.steps
                         r.decision = decision_record(model, test_hidden, traj, entry)
             walkers = [r for r in walkers if not r.done]

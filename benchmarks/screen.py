@@ -8,7 +8,8 @@ every vocabulary token on each of the screen's prompts alone (stage 1's loss: cu
 `screen_positions`, anchor term off), takes the exhaustive screen's candidates (the best
 `screen_candidates` of the prompts' mean) and prints the worst rank any of them has on each prompt
 alone, whether the cut screen (every token on the first prompt, its best --keep on the others) takes
-the same candidates, and both screens' times. About 25 s a tiny-clip model at one thread.
+the same candidates, and both screens' times. About 45 s a tiny-clip model at one thread (the
+exhaustive screen runs twice: per prompt for the ranks, and whole for its start).
 """
 
 from __future__ import annotations
