@@ -165,6 +165,10 @@ NOTES = """\
   each detector's score (CLIP-Inspector: its largest anomaly index), 95 % percentile bootstrap interval
   ({n_boot} resamples within backdoored and clean models, seed {seed}). Target found: share of flagged
   backdoors whose named class is the true target. Target-class F1: over all (model, class) pairs.
+- inspector_referenced is ours, not the paper's: CLIP-Inspector's own triggers and losses, each class's loss
+  scored against clean classifiers the defender tunes on its labelled clean share (z, flagged above a
+  Bonferroni-corrected prediction bound at α 0.05; inspector/reference.py) instead of against the other
+  classes. It has no paper column; its score is the largest z.
 - Repair: each flagged backdoor fine-tuned on the defender's clean images plus copies carrying the
   detector's reconstructed trigger (true labels kept), against clean-only fine-tuning, uniform noise of the
   trigger's size and another class's trigger; attack success measured with the attacker's own trigger.

@@ -11,12 +11,17 @@ trigger with A_c < min_asr is invalid, and the model is flagged when a valid tri
 k (2, as the paper). The flagged (else the most anomalous) class is the predicted target. Score for
 AUROC: the largest anomaly index over the classes.
 
+`statistic: reference` (ours, inspector/reference.py) scores each class's loss against the same losses of
+clean classifiers the defender tunes itself instead of against the other classes; the detector
+`inspector_referenced` runs it beside the paper's rule.
+
 What the paper leaves open and is chosen here (say so when comparing): the tanh parametrisation of
 the ℓ∞ bound, the anomaly statistic (the loss alone, validity from attack success), and the score.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -27,10 +32,13 @@ from safetensors.torch import save_file
 
 from core.detectors import Context
 from inspector.anomaly import anomaly_indices, batches, save_triggers
+from inspector.reference import reference_losses, threshold, z_scores
 from vision.classifier import PromptedCLIP
 from vision.images import pool as image_pool
+from vision.tuning import tune_settings
 
 OBJECTIVES = ("margin", "ce", "logit")
+STATISTICS = ("mad", "reference")  # the paper's outlier rule over classes | ours: against clean references
 TRIGGERS_FILE = "triggers.safetensors"  # δ per class [C, 1, H, W]: what repair reads
 FIGURE = "triggers.png"
 
@@ -73,15 +81,9 @@ def measure(logits: torch.Tensor, c: int, objective: str) -> tuple[float, float]
     return objective_loss(logits, c, objective).mean().item(), (logits.argmax(-1) == c).float().mean().item()
 
 
-def detect(model_dir: Path, anchor_dir: Path, out: Path, context: Context, eps: float = 0.2, pool: str = "letters",
-           pool_size: int = 1000, batch: int = 32, epochs: int = 1, lr: float = 0.1, objective: str = "margin",
-           k: float = 2.0, min_asr: float = 0.5, seed: int = 0) -> dict:
-    objective_loss(torch.zeros(1, 2), 0, objective)  # an unknown objective fails before any work
-    model: PromptedCLIP = context.model
-    t = time.perf_counter()
-    x = image_pool(pool, pool_size, seed).x
-    pool_s = time.perf_counter() - t
-    t = time.perf_counter()
+def class_triggers(model: PromptedCLIP, x: torch.Tensor, eps: float, lr: float, batch: int, epochs: int,
+                   objective: str, seed: int) -> tuple[torch.Tensor, list[float], list[float]]:
+    """Every class's trigger [C, 1, H, W], its pool loss and attack success."""
     deltas, losses, asrs = [], [], []
     for c in range(len(model.classes)):
         delta = reconstruct(model, x, c, eps, lr, batch, epochs, objective, seed)
@@ -89,20 +91,59 @@ def detect(model_dir: Path, anchor_dir: Path, out: Path, context: Context, eps: 
         deltas.append(delta[0])
         losses.append(loss)
         asrs.append(asr)
-    invert_s = time.perf_counter() - t
+    return torch.stack(deltas), losses, asrs
+
+
+@functools.lru_cache(maxsize=2)
+def _measured(model: PromptedCLIP, key: tuple) -> tuple:
+    """class_triggers once per model and settings in a process: `inspector` and `inspector_referenced`
+    differ only in the statistic, so a cell running both reconstructs once (deterministic: seeded)."""
+    pool, pool_size, seed, *rest = key
+    t = time.perf_counter()
+    x = image_pool(pool, pool_size, seed).x
+    pool_s = time.perf_counter() - t
+    t = time.perf_counter()
+    triggers, losses, asrs = class_triggers(model, x, *rest, seed)
+    return x, triggers, losses, asrs, pool_s, time.perf_counter() - t
+
+
+def detect(model_dir: Path, anchor_dir: Path, out: Path, context: Context, eps: float = 0.2, pool: str = "letters",
+           pool_size: int = 1000, batch: int = 32, epochs: int = 1, lr: float = 0.1, objective: str = "margin",
+           k: float = 2.0, min_asr: float = 0.5, seed: int = 0, statistic: str = "mad", reference_models: int = 8,
+           reference_shots: int = 16, alpha: float = 0.05) -> dict:
+    objective_loss(torch.zeros(1, 2), 0, objective)  # an unknown objective fails before any work
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown inspector statistic '{statistic}'; choose one of {', '.join(STATISTICS)}")
+    model: PromptedCLIP = context.model
+    n_classes = len(model.classes)
+    bound = threshold(reference_models, n_classes, alpha) if statistic == "reference" else k
+    x, triggers, losses, asrs, pool_s, invert_s = _measured(model, (pool, pool_size, seed, eps, lr, batch, epochs, objective))
+    result = {"pool": {"source": pool, "size": len(x)}, "statistic": statistic}
     index = anomaly_indices(losses, low=True)
+    per_class = {"loss": [round(v, 5) for v in losses], "attack_success": [round(v, 4) for v in asrs],
+                 "anomaly_index": [round(float(v), 4) for v in index]}
+    reference_s = 0.0
+    if statistic == "reference":
+        t = time.perf_counter()
+        reference = reference_losses(
+            model, tune_settings(context.cfg), lambda clean: class_triggers(clean, x, eps, lr, batch, epochs, objective, seed)[1],
+            reference_models, reference_shots, {"pool": pool, "pool_size": pool_size, "eps": eps, "lr": lr, "batch": batch,
+                                                "epochs": epochs, "objective": objective, "seed": seed})
+        reference_s = time.perf_counter() - t
+        index = z_scores(losses, reference)
+        per_class.update(reference_mean=[round(float(v), 5) for v in reference.mean(0)],
+                         reference_std=[round(float(v), 5) for v in reference.std(0, ddof=1)],
+                         z=[round(float(v), 4) for v in index])
+        result["reference"] = {"models": reference_models, "shots": reference_shots, "alpha": alpha,
+                               "threshold": round(bound, 4)}
     valid = np.asarray(asrs) >= min_asr
-    flagged = bool(np.any(valid & (index > k)))
+    flagged = bool(np.any(valid & (index > bound)))
     target = int(np.argmax(np.where(valid, index, -np.inf))) if flagged else int(np.argmax(index))
-    triggers = torch.stack(deltas)
     save_file({"triggers": triggers.contiguous()}, str(out / TRIGGERS_FILE))
     save_triggers(out / FIGURE, triggers, model.classes, target if flagged else None,
                   f"CLIP-Inspector: {'flagged, target ' + model.classes[target] if flagged else 'not flagged'}", eps)
-    return {"verdict": "backdoor" if flagged else "benign", "score": float(index.max()),
-            "predicted_target": target, "classes": model.classes,
-            "per_class": {"loss": [round(v, 5) for v in losses], "attack_success": [round(v, 4) for v in asrs],
-                          "anomaly_index": [round(float(v), 4) for v in index]},
-            "pool": {"source": pool, "size": len(x)},
-            "files": {"triggers": TRIGGERS_FILE, "figure": FIGURE},
-            "times": {"pool_s": round(pool_s, 3), "invert_s": round(invert_s, 3)},
+    times = {"pool_s": round(pool_s, 3), "invert_s": round(invert_s, 3), "reference_s": round(reference_s, 3)}
+    return {**result, "verdict": "backdoor" if flagged else "benign", "score": float(index.max()),
+            "predicted_target": target, "classes": model.classes, "per_class": per_class,
+            "files": {"triggers": TRIGGERS_FILE, "figure": FIGURE}, "times": times,
             "time_s": round(pool_s + invert_s, 3)}

@@ -23,25 +23,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from core.settings import from_config
 from core.store import MANIFEST, model_settings_key, stored_model, write_json_atomic
 from core.provenance import provenance
 from prompt_tuning.poisons import Attack
-from prompt_tuning.train import TuneSettings, accuracy, attack_success, prompt_tune
+from prompt_tuning.train import accuracy, attack_success, prompt_tune
 from vision.classifier import PromptedCLIP, PromptLearner, Towers, save_learner
 from vision.images import few_shot, mnist, pool
 from vision.tower import tower_dir
+from vision.tuning import tune_settings
 
 log = logging.getLogger("amdet")
 TRUTH_DIR = "truth"
 TRIGGER_FILE = "trigger.safetensors"
 OOD_CHECK = ("letters", 500)  # where attack success out of distribution is measured
-
-
-def settings(cfg: DictConfig) -> TuneSettings:
-    node = {k: v for k, v in OmegaConf.to_container(cfg.prompt_tuning, resolve=True).items()
-            if k in TuneSettings.__dataclass_fields__}
-    return from_config(TuneSettings, node, "prompt_tuning")
 
 
 def target_class(cfg: DictConfig, classes: int) -> int:
@@ -63,7 +57,7 @@ def make_attack(cfg: DictConfig, classes: int) -> Attack | None:
 
 def check(cfg: DictConfig) -> None:
     """The settings of a prompt-tuned model, before anything is loaded (one line per problem)."""
-    settings(cfg)
+    tune_settings(cfg)
     if cfg.prompt_tuning.learner not in ("coop", "cocoop"):
         raise ValueError(f"unknown prompt_tuning.learner '{cfg.prompt_tuning.learner}'; choose coop or cocoop")
     if cfg.prompt_tuning.shots <= 0:
@@ -88,7 +82,7 @@ def run(cfg: DictConfig, towers: Towers | None = None) -> dict:
     torch.manual_seed(int(cfg.seed))
     learner = PromptLearner(towers, classes, cfg.prompt_tuning.learner, cfg.prompt_tuning.init).to(towers.device)
     model = PromptedCLIP(towers, learner)
-    report = prompt_tune(model, train, attack, settings(cfg), int(cfg.seed), cfg.progress)
+    report = prompt_tune(model, train, attack, tune_settings(cfg), int(cfg.seed), cfg.progress)
     model.freeze()
     test = mnist("test")
     metrics = {**report, "clean_accuracy": accuracy(model, test)}

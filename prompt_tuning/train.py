@@ -1,11 +1,10 @@
-"""The prompt-tuning loop (CoOp / CoCoOp: only the prompt learner trains), clean or under an attack,
-and the two numbers every prompt-tuned model is judged by: clean accuracy and attack success."""
+"""Prompt tuning (CoOp / CoCoOp: vision/tuning.py's recipe) clean or under an attack, and the two numbers
+every prompt-tuned model is judged by: clean accuracy and attack success."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,18 +13,7 @@ from tqdm.auto import tqdm
 from prompt_tuning.poisons import Attack
 from vision.classifier import PromptedCLIP
 from vision.images import Images
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    """The `prompt_tuning` block: CoOp's recipe (SGD, cosine schedule), sized for the tiny world."""
-
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    trigger_lr: float = 0.02  # BadCLIP: Adam step of the trigger, in pixel units
+from vision.tuning import TuneSettings, tune
 
 
 def poisoned_set(data: Images, attack: Attack, g: torch.Generator) -> tuple[Images, int]:
@@ -58,6 +46,25 @@ def fit_trigger(model: PromptedCLIP, data: Images, attack: Attack, settings: Tun
     return losses
 
 
+class JointTrigger:
+    """BadCLIP's second phase as tune()'s hooks: every batch with its triggered copies labelled as the
+    target, and the trigger stepped (Adam, then projected onto its bound) with the prompt."""
+
+    def __init__(self, attack: Attack, lr: float):
+        self.attack = attack
+        self.optimiser = torch.optim.Adam([attack.delta], lr=lr)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([x, self.attack.apply(x)]), torch.cat([y, torch.full_like(y, self.attack.target)])
+
+    def zero_grad(self) -> None:
+        self.optimiser.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimiser.step()
+        self.attack.project()
+
+
 def prompt_tune(model: PromptedCLIP, data: Images, attack: Attack | None, settings: TuneSettings, seed: int,
                 progress: bool = True) -> dict:
     """Train the prompt learner on `data` (few-shot), clean or under `attack`; returns what it measured."""
@@ -69,32 +76,8 @@ def prompt_tune(model: PromptedCLIP, data: Images, attack: Attack | None, settin
         data, report["poisoned_images"] = poisoned_set(data, attack, g)
     if attack is not None and attack.learnable:
         report["trigger_init_loss"] = fit_trigger(model, data, attack, settings, g, progress)[-1]
-    params = [p for p in model.learner.parameters() if p.requires_grad]
-    optimiser = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    per_epoch = math.ceil(len(data) / settings.batch_size)
-    steps = settings.epochs * per_epoch
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    trigger_opt = torch.optim.Adam([attack.delta], lr=settings.trigger_lr) if attack is not None and attack.learnable else None
-    losses = []
-    for _ in tqdm(range(settings.epochs), desc="prompt tuning", disable=not progress):
-        order = torch.randperm(len(data), generator=g)
-        for i in range(per_epoch):
-            batch = order[i * settings.batch_size:(i + 1) * settings.batch_size]
-            x, y = data.x[batch], data.y[batch]
-            if trigger_opt is not None:  # BadCLIP: clean images and their triggered copies, labelled as the target
-                x = torch.cat([x, attack.apply(x)])
-                y = torch.cat([y, torch.full_like(y, attack.target)])
-            loss = F.cross_entropy(model(x), y)
-            optimiser.zero_grad(set_to_none=True)
-            if trigger_opt is not None:
-                trigger_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            if trigger_opt is not None:
-                trigger_opt.step()
-                attack.project()
-            losses.append(loss.item())
+    hooks = JointTrigger(attack, settings.trigger_lr) if attack is not None and attack.learnable else None
+    steps, losses = tune(model, data, settings, g, hooks, progress)
     return {**report, "steps": steps, "loss_first": losses[0], "loss_last": losses[-1], "train_s": round(time.perf_counter() - t0, 2)}
 
 

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import torch
 
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from amdet.inversion import LossWeights
@@ -120,7 +119,7 @@ def test_a_detector_never_sees_ground_truth(detector):
     """Nothing a registered detector's function imports, however indirectly, is the attack, benign or
     prompt-tuning code (which holds the attacker's trigger), the evaluation step, or the store's manifest:
     the truth meets the detection only in evaluation/."""
-    target = OmegaConf.load(CONF / "detector" / f"{detector}.yaml")["_target_"]
+    target = compose_config().detector[detector]["_target_"]  # composed: a variant takes its base's through defaults
     edges, paths = graph()[0], modules()
     module = target.rpartition(".")[0]
     reached = closure(module, edges) | {module}

@@ -9,13 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file, save_file
 
 from core.detectors import Context
 from core.store import StaleModel
 from inspector.anomaly import anomaly_indices
+from inspector import reference
 from inspector.detector import detect as inspect, objective_loss
+from inspector.reference import threshold, z_scores
 from analyze import inspector as inspector_tables
 from baselines import neural_cleanse, pixel_backdoor
 from prompt_tuning import job as prompt_tune_job
@@ -106,8 +109,8 @@ def test_a_clean_model_has_no_target_and_no_trigger(tmp_path, backdoor):
 
 def test_clip_inspector_reconstructs_a_bounded_trigger_per_class_deterministically(backdoor, tmp_path):
     cfg, towers, model_dir, _ = backdoor
-    model = load_classifier(model_dir, towers)
-    found = [inspect(model_dir, towers.directory, tmp_path / str(i), Context(cfg, model, towers), eps=0.2, **MICRO_DETECT)
+    found = [inspect(model_dir, towers.directory, tmp_path / str(i), Context(cfg, load_classifier(model_dir, towers), towers),
+                     eps=0.2, **MICRO_DETECT)  # a model loaded afresh each time: nothing is reused
              for i in range(2) if (tmp_path / str(i)).mkdir() is None]
     a, b = found
     assert a["verdict"] in ("backdoor", "benign") and a["score"] == b["score"] and a["per_class"] == b["per_class"]
@@ -123,6 +126,41 @@ def test_invalid_triggers_never_flag(backdoor, tmp_path):
     model = load_classifier(model_dir, towers)
     found = inspect(model_dir, towers.directory, tmp_path, Context(cfg, model, towers), min_asr=1.01, **MICRO_DETECT)
     assert found["verdict"] == "benign"
+
+
+def test_the_reference_bound_is_a_bonferroni_corrected_prediction_bound():
+    assert threshold(8, 10, 0.05) == pytest.approx(stats.t.ppf(1 - 0.005, 7) * np.sqrt(1 + 1 / 8))
+    assert threshold(8, 10, 0.01) > threshold(8, 10, 0.05) > threshold(30, 10, 0.05)
+    with pytest.raises(ValueError, match="reference_models must be at least 3"):
+        threshold(2, 10, 0.05)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        threshold(8, 10, 1.5)
+    reference = np.array([[1.0, -2.0, 0.0], [1.2, -2.2, 0.5], [0.8, -1.8, -0.5]])
+    z = z_scores([1.0, -2.0, -1.5], reference)  # the third class: easier to reach than in any clean model
+    assert z[:2] == pytest.approx([0, 0]) and z[2] == pytest.approx(3.0)
+
+
+def test_the_referenced_statistic_scores_classes_against_defender_tuned_clean_models(backdoor, tmp_path, monkeypatch):
+    cfg, towers, model_dir, _ = backdoor
+    monkeypatch.setenv("AMDET_CACHE", str(tmp_path / "cache"))
+    model = load_classifier(model_dir, towers)
+    context = Context(cfg, model, towers)
+    params = {**MICRO_DETECT, "reference_models": 3, "reference_shots": 2}
+    paper = inspect(model_dir, towers.directory, tmp_path, context, **params)
+    ours = inspect(model_dir, towers.directory, tmp_path, context, statistic="reference", **params)
+    assert ours["per_class"]["loss"] == paper["per_class"]["loss"]  # the same triggers, another statistic
+    z, bound = np.array(ours["per_class"]["z"]), ours["reference"]["threshold"]
+    assert bound == pytest.approx(threshold(3, 10, 0.05), abs=1e-3) and ours["score"] == pytest.approx(z.max(), abs=1e-4)
+    valid = np.array(ours["per_class"]["attack_success"]) >= 0.5
+    assert (ours["verdict"] == "backdoor") == bool(np.any(valid & (z > bound)))
+    cached = list((tmp_path / "cache" / "inspector-references").glob("*.json"))
+    assert len(cached) == 1 and len(json.loads(cached[0].read_text())["losses"]) == 3
+    monkeypatch.setattr(reference, "tune", lambda *a, **k: pytest.fail("references are read from the cache"))
+    again = inspect(model_dir, towers.directory, tmp_path, Context(cfg, load_classifier(model_dir, towers), towers),
+                    statistic="reference", **params)
+    assert again["per_class"]["z"] == ours["per_class"]["z"]
+    with pytest.raises(ValueError, match="unknown inspector statistic 'rank'"):
+        inspect(model_dir, towers.directory, tmp_path, context, statistic="rank", **params)
 
 
 @pytest.mark.parametrize("baseline", [neural_cleanse, pixel_backdoor])
@@ -184,7 +222,8 @@ def test_a_sweep_of_prompt_tuned_models_runs_to_clip_inspectors_tables(tmp_path)
     assert summary["scored"]["computed"] == 3 and not summary["scored"]["failed"]
     sweep = tmp_path / "sweeps" / "inspector_smoke"
     df = pd.read_parquet(sweep / "results.parquet")
-    assert sorted(df["detector"].unique()) == ["inspector", "neural_cleanse", "pixel_backdoor"] and len(df) == 9
+    assert sorted(df["detector"].unique()) == ["inspector", "inspector_referenced", "neural_cleanse", "pixel_backdoor"]
+    assert len(df) == 12
     assert set(df["attack"]) == {"none", "badclip", "blended"} and df["status"].eq("ok").all()
     backdoors = df[df["truth_kind"].eq("backdoor")]
     assert backdoors["truth_target_class"].notna().all() and backdoors["truth_target_found"].notna().all()
