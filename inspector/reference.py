@@ -15,7 +15,7 @@ reference mean its loss lies, in reference standard deviations, z_c = (μ_c − 
 flagged when a valid trigger's z exceeds the one-sided prediction bound of a new clean model's loss,
 t_{R−1}(1 − α/C) · √(1 + 1/R), Bonferroni-corrected over the C classes (α the tolerated false-positive
 rate of a clean model). The references depend on the towers, the classes and the settings only, so
-they are built once and cached (like the towers), under a lock for concurrent cells.
+they are built once and cached (like the towers), each under its own lock, shared by concurrent cells.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from scipy import stats
 
 from core.cache import cache_root
@@ -59,25 +59,31 @@ def z_scores(losses, reference: np.ndarray) -> np.ndarray:
 def reference_losses(model: PromptedCLIP, settings: TuneSettings, class_losses, models: int, shots: int,
                      params: dict) -> np.ndarray:
     """[models, C] per-class losses of `models` defender-tuned clean classifiers of `model`'s towers,
-    classes and learner; `class_losses(clean_model)` is the detector's own measurement. Cached."""
+    classes and learner; `class_losses(clean_model)` is the detector's own measurement. Cached a model
+    a file; concurrent cells build different ones (a first pass skips those another holds the lock of,
+    a second waits for them)."""
     learner = model.learner.config()
     key = config_hash({"towers": model.towers.directory.name, "learner": learner, "settings": vars(settings),
-                       "models": models, "shots": shots, "params": params, "code": source_hash(*SOURCES),
-                       "torch": torch.__version__})
-    path = cache_root() / "inspector-references" / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):  # concurrent cells: one builds, the others read
-        if path.exists():
-            return np.asarray(json.loads(path.read_text())["losses"], dtype=np.float64)
-        data = mnist(DEFENDER_SHARE)
-        rows = []
-        for i in range(models):
-            seed = SEED_OFFSET + i
-            torch.manual_seed(seed)
-            clean = PromptedCLIP(model.towers, PromptLearner(model.towers, model.classes, learner["kind"],
-                                                              learner["init"]).to(model.towers.device))
-            tune(clean, few_shot(data, shots, seed), settings, torch.Generator().manual_seed(seed))
-            rows.append(class_losses(clean.freeze()))
-        write_json_atomic(path, {"losses": np.asarray(rows).tolist(), "seeds": [SEED_OFFSET + i for i in range(models)],
-                                 "share": DEFENDER_SHARE, "shots": shots, "learner": learner})
-    return np.asarray(rows, dtype=np.float64)
+                       "shots": shots, "params": params, "code": source_hash(*SOURCES), "torch": torch.__version__})
+    folder = cache_root() / "inspector-references" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    data = mnist(DEFENDER_SHARE)
+    pending, wait = list(range(models)), 0
+    while pending:
+        for i in list(pending):
+            path = folder / f"{i}.json"
+            try:
+                with FileLock(f"{path}.lock", timeout=wait):
+                    if not path.exists():
+                        seed = SEED_OFFSET + i
+                        torch.manual_seed(seed)
+                        clean = PromptedCLIP(model.towers, PromptLearner(model.towers, model.classes, learner["kind"],
+                                                                          learner["init"]).to(model.towers.device))
+                        tune(clean, few_shot(data, shots, seed), settings, torch.Generator().manual_seed(seed))
+                        write_json_atomic(path, {"losses": list(class_losses(clean.freeze())), "seed": seed,
+                                                 "share": DEFENDER_SHARE, "shots": shots, "learner": learner})
+            except Timeout:
+                continue  # another cell is building this one: take the next, come back for it
+            pending.remove(i)
+        wait = -1  # second pass: wait for the ones others were building
+    return np.asarray([json.loads((folder / f"{i}.json").read_text())["losses"] for i in range(models)], dtype=np.float64)

@@ -153,8 +153,8 @@ def test_the_referenced_statistic_scores_classes_against_defender_tuned_clean_mo
     assert bound == pytest.approx(threshold(3, 10, 0.05), abs=1e-3) and ours["score"] == pytest.approx(z.max(), abs=1e-4)
     valid = np.array(ours["per_class"]["attack_success"]) >= 0.5
     assert (ours["verdict"] == "backdoor") == bool(np.any(valid & (z > bound)))
-    cached = list((tmp_path / "cache" / "inspector-references").glob("*.json"))
-    assert len(cached) == 1 and len(json.loads(cached[0].read_text())["losses"]) == 3
+    cached = list((tmp_path / "cache" / "inspector-references").glob("*/*.json"))
+    assert len(cached) == 3 and all(len(json.loads(c.read_text())["losses"]) == 10 for c in cached)
     monkeypatch.setattr(reference, "tune", lambda *a, **k: pytest.fail("references are read from the cache"))
     again = inspect(model_dir, towers.directory, tmp_path, Context(cfg, load_classifier(model_dir, towers), towers),
                     statistic="reference", **params)
