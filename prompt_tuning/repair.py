@@ -19,12 +19,10 @@ the detectors, for the detectors in `repair.detectors` that flag a backdoored mo
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from safetensors.torch import load_file
@@ -36,33 +34,37 @@ from prompt_tuning.poisons import Attack
 from prompt_tuning.train import accuracy, attack_success
 from vision.classifier import PromptedCLIP, Towers, learner_config, load_classifier
 from vision.images import Images, few_shot, mnist
+from vision.tuning import TuneSettings, tune
 
 ARMS = ("trigger", "clean", "noise", "other")
 REPORT = "repair.json"
 
 
+class PerturbedCopies:
+    """tune()'s hooks for a repair arm: every batch with its copies perturbed by `pattern`, true labels kept."""
+
+    def __init__(self, pattern, g: torch.Generator):
+        self.pattern, self.g = pattern, g
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([x, self.pattern(x, self.g)]), torch.cat([y, y])
+
+    def zero_grad(self) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+
 def fine_tune(model: PromptedCLIP, data: Images, pattern, epochs: int, batch_size: int, lr: float, seed: int) -> PromptedCLIP:
-    """A copy of `model` whose learner is fine-tuned on `data` plus copies perturbed by `pattern`
-    (a function of the batch; None: clean only), all with their true labels."""
+    """A copy of `model` whose learner is fine-tuned (CoOp's recipe, vision/tuning.py) on `data` plus
+    copies perturbed by `pattern` (a function of the batch; None: clean only), all with their true labels."""
     repaired = PromptedCLIP(model.towers, copy.deepcopy(model.learner))
     repaired.learner.requires_grad_(True).train()
     repaired._fixed = None
-    optimiser = torch.optim.SGD(repaired.learner.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(seed)
-    per_epoch = math.ceil(len(data) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs * per_epoch)
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=g)
-        for i in range(per_epoch):
-            batch = order[i * batch_size:(i + 1) * batch_size]
-            x, y = data.x[batch], data.y[batch]
-            if pattern is not None:
-                x, y = torch.cat([x, pattern(x, g)]), torch.cat([y, y])
-            loss = F.cross_entropy(repaired(x), y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
+    hooks = PerturbedCopies(pattern, g) if pattern is not None else None
+    tune(repaired, data, TuneSettings(epochs=epochs, batch_size=batch_size, lr=lr), g, hooks)
     return repaired.freeze()
 
 
