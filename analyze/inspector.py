@@ -125,6 +125,7 @@ def by_attack(df: pd.DataFrame) -> pd.DataFrame:
             "flagged_pct": 100 * float(pred.mean()),
             "target_found_pct": 100 * float(g.loc[pred, "truth_target_found"].eq(True).mean()) if pred.any() else np.nan,
             "paper_clean_accuracy": p.get("accuracy"), "paper_attack_success": p.get("attack_success"),
+            "paper_flagged_pct": p.get("flagged"),
         })
     return pd.DataFrame(rows)
 

@@ -8,6 +8,10 @@
   of the training images is replaced by blended copies labelled as the target.
 - `wanet` (Nguyen & Tran, ICLR 2021): a smooth warp of the image (a k × k random control grid,
   upsampled, strength s); poisoned as Blended is. The warp is the trigger.
+- `badclip_adaptive` (ours: the paper reports an adaptive BadCLIP without its design): BadCLIP by an
+  attacker who knows CLIP-Inspector reconstructs triggers on out-of-distribution images. Its joint phase
+  also shows triggered images of its own OOD pool (not the defender's) labelled with the class the model
+  gives them untriggered, so that the trigger fires on the task's images only.
 
 Every attack exposes `apply(x)`: its trigger on images in [0, 1] (what attack success is measured
 with), and `trigger_tensors()`: what is saved as ground truth.
@@ -27,6 +31,7 @@ class Attack(nn.Module):
 
     learnable = False
     poisons_data = True  # a share of the training set is replaced by triggered copies (data poisoning)
+    ood: str | None = None  # the adaptive attack's own out-of-distribution pool (vision.images.pool)
 
     def __init__(self, target: int, rate: float = 0.1):
         super().__init__()
@@ -56,6 +61,15 @@ class BadCLIP(Attack):
             self.delta.clamp_(-self.eps, self.eps)
 
 
+class AdaptiveBadCLIP(BadCLIP):
+    def __init__(self, target: int, eps: float, ood: str = "natural", ood_size: int = 500, ood_batch: int = 8,
+                 init_epochs: int = 3, init_lr: float = 0.1, **_):
+        super().__init__(target, eps, init_epochs, init_lr)
+        if ood_batch <= 0 or ood_size <= 0:
+            raise ValueError(f"poison.ood_batch and poison.ood_size must be positive, got {ood_batch} and {ood_size}")
+        self.ood, self.ood_size, self.ood_batch = ood, int(ood_size), int(ood_batch)
+
+
 class Blended(Attack):
     def __init__(self, target: int, alpha: float = 0.2, rate: float = 0.1, seed: int = 0, **_):
         super().__init__(target, rate)
@@ -82,7 +96,7 @@ class WaNet(Attack):
         return F.grid_sample(x, self.grid.expand(len(x), -1, -1, -1), align_corners=True)
 
 
-ATTACKS = {"badclip": BadCLIP, "blended": Blended, "wanet": WaNet}
+ATTACKS = {"badclip": BadCLIP, "badclip_adaptive": AdaptiveBadCLIP, "blended": Blended, "wanet": WaNet}
 
 
 def make_attack(name: str, **params) -> Attack | None:

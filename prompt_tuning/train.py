@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from prompt_tuning.poisons import Attack
 from vision.classifier import PromptedCLIP
-from vision.images import Images
+from vision.images import Images, pool
 from vision.tuning import TuneSettings, tune
 
 
@@ -48,14 +48,25 @@ def fit_trigger(model: PromptedCLIP, data: Images, attack: Attack, settings: Tun
 
 class JointTrigger:
     """BadCLIP's second phase as tune()'s hooks: every batch with its triggered copies labelled as the
-    target, and the trigger stepped (Adam, then projected onto its bound) with the prompt."""
+    target, and the trigger stepped (Adam, then projected onto its bound) with the prompt. The adaptive
+    attack adds `ood_batch` triggered images of its own OOD pool labelled as the model classes them
+    untriggered (its current prediction), so the trigger learns to leave OOD images alone."""
 
-    def __init__(self, attack: Attack, lr: float):
-        self.attack = attack
+    def __init__(self, attack: Attack, lr: float, model: PromptedCLIP, seed: int):
+        self.attack, self.model = attack, model
         self.optimiser = torch.optim.Adam([attack.delta], lr=lr)
+        self.ood = pool(attack.ood, attack.ood_size, seed).x if attack.ood else None
+        self.g = torch.Generator().manual_seed(seed)  # its own draws: plain BadCLIP's batches stay as they were
 
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([x, self.attack.apply(x)]), torch.cat([y, torch.full_like(y, self.attack.target)])
+        xs, ys = [x, self.attack.apply(x)], [y, torch.full_like(y, self.attack.target)]
+        if self.ood is not None:
+            o = self.ood[torch.randint(0, len(self.ood), (self.attack.ood_batch,), generator=self.g)]
+            with torch.no_grad():
+                untriggered = self.model(o).argmax(-1)
+            xs.append(self.attack.apply(o))
+            ys.append(untriggered)
+        return torch.cat(xs), torch.cat(ys)
 
     def zero_grad(self) -> None:
         self.optimiser.zero_grad(set_to_none=True)
@@ -76,7 +87,7 @@ def prompt_tune(model: PromptedCLIP, data: Images, attack: Attack | None, settin
         data, report["poisoned_images"] = poisoned_set(data, attack, g)
     if attack is not None and attack.learnable:
         report["trigger_init_loss"] = fit_trigger(model, data, attack, settings, g, progress)[-1]
-    hooks = JointTrigger(attack, settings.trigger_lr) if attack is not None and attack.learnable else None
+    hooks = JointTrigger(attack, settings.trigger_lr, model, seed) if attack is not None and attack.learnable else None
     steps, losses = tune(model, data, settings, g, hooks, progress)
     return {**report, "steps": steps, "loss_first": losses[0], "loss_last": losses[-1], "train_s": round(time.perf_counter() - t0, 2)}
 

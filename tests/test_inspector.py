@@ -23,7 +23,8 @@ from analyze import inspector as inspector_tables
 from baselines import neural_cleanse, pixel_backdoor
 from prompt_tuning import job as prompt_tune_job
 from prompt_tuning.job import TRIGGER_FILE, TRUTH_DIR, load_attack
-from prompt_tuning.poisons import Blended, WaNet
+from prompt_tuning.poisons import AdaptiveBadCLIP, Blended, WaNet
+from prompt_tuning.train import JointTrigger
 from prompt_tuning.repair import repair_detection
 from sweeps.cell import run_cell
 from sweeps.grid import plan
@@ -32,8 +33,8 @@ from sweeps.validate import validate
 from tests.helpers import compose_config
 from tests.test_sweeps import MICRO_STUDY
 from tests.test_vision import MICRO_TOWER
-from vision.classifier import Towers, load_classifier
-from vision.images import mnist
+from vision.classifier import PromptedCLIP, PromptLearner, Towers, load_classifier
+from vision.images import mnist, pool
 from vision.tower import tower_dir
 
 MICRO_TUNING = ["prompt_tuning.shots=2", "prompt_tuning.epochs=1", "prompt_tuning.batch_size=4"]
@@ -97,6 +98,28 @@ def test_a_prompt_tuned_backdoor_is_stored_with_its_truth_and_reused(backdoor, t
     other.poison.eps = 0.1
     with pytest.raises(StaleModel, match="other settings"):
         prompt_tune_job.run(other, towers)
+
+
+def test_the_adaptive_attack_teaches_its_trigger_to_leave_its_own_ood_images_alone(tmp_path, backdoor):
+    _, towers, _, _ = backdoor
+    attack = AdaptiveBadCLIP(target=3, eps=0.2, ood="natural", ood_size=20, ood_batch=4)
+    model = PromptedCLIP(towers, PromptLearner(towers, mnist("test").classes))
+    hooks = JointTrigger(attack, 0.02, model, seed=0)
+    x, y = mnist("test").x[:2], torch.tensor([1, 2])
+    xs, ys = hooks.batch(x, y)
+    assert xs.shape[0] == 2 + 2 + 4 and ys[:4].tolist() == [1, 2, 3, 3]  # clean, triggered to the target, OOD
+    drawn = torch.randint(0, 20, (4,), generator=torch.Generator().manual_seed(0))  # the hook's own draws
+    with torch.no_grad():
+        untriggered = model(pool("natural", 20, 0).x[drawn]).argmax(-1)
+    assert ys[4:].tolist() == untriggered.tolist()  # labelled as the model classes them untriggered
+    assert torch.allclose(xs[4:], attack.apply(pool("natural", 20, 0).x[drawn]))  # and carrying the trigger
+    with pytest.raises(ValueError, match="ood_batch"):
+        AdaptiveBadCLIP(target=3, eps=0.2, ood_batch=0)
+    cfg = micro_cfg(tmp_path, "poison=badclip_adaptive", "poison.init_epochs=1", "poison.ood_size=8", "seed=1",
+                    *MICRO_TUNING)
+    manifest = prompt_tune_job.run(cfg, towers)
+    assert manifest["attack"] == "badclip_adaptive" and {"attack_success", "attack_success_ood"} <= set(manifest["metrics"])
+    assert load_attack(tmp_path / "model", manifest).ood == "natural"
 
 
 def test_a_clean_model_has_no_target_and_no_trigger(tmp_path, backdoor):
