@@ -46,6 +46,9 @@ def fit_trigger(model: PromptedCLIP, data: Images, attack: Attack, settings: Tun
     return losses
 
 
+ATTACKER_POOL_SEED = 100  # the adaptive attacker's own draws, apart from the defender's pool (seed 0) and the OOD check (1)
+
+
 class JointTrigger:
     """BadCLIP's second phase as tune()'s hooks: every batch with its triggered copies labelled as the
     target, and the trigger stepped (Adam, then projected onto its bound) with the prompt. The adaptive
@@ -55,7 +58,7 @@ class JointTrigger:
     def __init__(self, attack: Attack, lr: float, model: PromptedCLIP, seed: int):
         self.attack, self.model = attack, model
         self.optimiser = torch.optim.Adam([attack.delta], lr=lr)
-        self.ood = pool(attack.ood, attack.ood_size, seed).x if attack.ood else None
+        self.ood = pool(attack.ood, attack.ood_size, ATTACKER_POOL_SEED + seed).x if attack.ood else None
         self.g = torch.Generator().manual_seed(seed)  # its own draws: plain BadCLIP's batches stay as they were
 
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

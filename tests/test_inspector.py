@@ -24,7 +24,7 @@ from baselines import neural_cleanse, pixel_backdoor
 from prompt_tuning import job as prompt_tune_job
 from prompt_tuning.job import TRIGGER_FILE, TRUTH_DIR, load_attack
 from prompt_tuning.poisons import AdaptiveBadCLIP, Blended, WaNet
-from prompt_tuning.train import JointTrigger
+from prompt_tuning.train import ATTACKER_POOL_SEED, JointTrigger
 from prompt_tuning.repair import repair_detection
 from sweeps.cell import run_cell
 from sweeps.grid import plan
@@ -109,10 +109,11 @@ def test_the_adaptive_attack_teaches_its_trigger_to_leave_its_own_ood_images_alo
     xs, ys = hooks.batch(x, y)
     assert xs.shape[0] == 2 + 2 + 4 and ys[:4].tolist() == [1, 2, 3, 3]  # clean, triggered to the target, OOD
     drawn = torch.randint(0, 20, (4,), generator=torch.Generator().manual_seed(0))  # the hook's own draws
+    own = pool("natural", 20, ATTACKER_POOL_SEED).x[drawn]  # its own pool, not the defender's (seed 0)
     with torch.no_grad():
-        untriggered = model(pool("natural", 20, 0).x[drawn]).argmax(-1)
+        untriggered = model(own).argmax(-1)
     assert ys[4:].tolist() == untriggered.tolist()  # labelled as the model classes them untriggered
-    assert torch.allclose(xs[4:], attack.apply(pool("natural", 20, 0).x[drawn]))  # and carrying the trigger
+    assert torch.allclose(xs[4:], attack.apply(own))  # and carrying the trigger
     with pytest.raises(ValueError, match="ood_batch"):
         AdaptiveBadCLIP(target=3, eps=0.2, ood_batch=0)
     cfg = micro_cfg(tmp_path, "poison=badclip_adaptive", "poison.init_epochs=1", "poison.ood_size=8", "seed=1",
@@ -269,3 +270,11 @@ def test_coverage_says_what_each_detector_sees_of_each_threat_model():
     tab = inspector_tables.coverage(pd.DataFrame(rows), n_boot=50).set_index("threat_model")
     assert tab.loc["text encoder", "AUROC"] == 100.0 and tab.loc["prompt-tuned classifier", "AUROC"] == 50.0
     assert tab.loc["text encoder", "flagged_pct"] == 100.0 and tab.loc["prompt-tuned classifier", "flagged_pct"] == 0.0
+
+
+@pytest.mark.parametrize("experiment", ["inspector_embedded", "inspector_ablations", "inspector_adaptive"])
+def test_every_pool_an_experiment_asks_for_exists_at_its_size(experiment):
+    cfg = compose_config(f"experiment={experiment}")
+    asked = {(cfg.detector[d].pool, cfg.detector[d].pool_size) for d in cfg.cell.detectors if "pool" in cfg.detector[d]}
+    for source, size in asked:
+        assert len(pool(source, size).x) == size  # a pool too small fails the detector in every cell
