@@ -87,14 +87,10 @@ def run(cfg: DictConfig, towers: Towers | None = None) -> dict:
     test = mnist("test")
     metrics = {**report, "clean_accuracy": accuracy(model, test)}
     if attack is not None:
-        ood = pool(*OOD_CHECK, seed=1)
-        with torch.no_grad():
-            ood_hits = (model.predict(attack.apply(ood.x)) == attack.target).float().mean().item()
-        metrics.update(attack_success=attack_success(model, test, attack), attack_success_ood=round(ood_hits, 4))
+        metrics.update(attack_success=attack_success(model, test, attack),
+                       attack_success_ood=attack_success(model, pool(*OOD_CHECK, seed=1), attack))
         if attack.ood:  # the adaptive attack: also on fresh draws of its own OOD pool, where it aimed to stay silent
-            own = pool(attack.ood, OOD_CHECK[1], seed=1).x
-            with torch.no_grad():
-                metrics["attack_success_own_ood"] = round((model.predict(attack.apply(own)) == attack.target).float().mean().item(), 4)
+            metrics["attack_success_own_ood"] = attack_success(model, pool(attack.ood, OOD_CHECK[1], seed=1), attack)
     manifest = {"kind": "backdoor" if attack is not None else "benign", "model": "prompt_tuned",
                 "encoder": cfg.encoder.name, "vision": cfg.vision.name, "towers": str(towers.directory),
                 "learner": cfg.prompt_tuning.learner, "seed": int(cfg.seed), "settings_key": key,

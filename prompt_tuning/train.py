@@ -102,6 +102,6 @@ def accuracy(model: PromptedCLIP, data: Images) -> float:
 
 @torch.no_grad()
 def attack_success(model: PromptedCLIP, data: Images, attack: Attack) -> float:
-    """The share of test images not of the target class that the trigger sends to the target."""
+    """The share of images not of the target class (all of an unlabelled pool) that the trigger sends to the target."""
     keep = data.y != attack.target
     return round((model.predict(attack.apply(data.x[keep])) == attack.target).float().mean().item(), 4)
