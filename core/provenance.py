@@ -16,7 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "hydra-core", "submitit", "numpy", "pandas")
+# what a result can depend on: the models (torch, transformers, tokenizers), the images (pillow renders the tiny
+# world's letters and captions), the statistics (scipy), the harness
+PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "hydra-core", "submitit", "numpy", "pandas", "pillow",
+            "scipy")
 
 
 def config_hash(obj, length: int = 16) -> str:

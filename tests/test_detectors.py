@@ -1,5 +1,5 @@
 """Detectors as plugins (core/detectors.py): a detector defined outside the package runs in a sweep
-beside AMDET and the baselines, and adding one to a finished sweep retrains nothing."""
+beside AMDET and the baselines, and adding detectors to a finished sweep retrains nothing."""
 
 from __future__ import annotations
 
@@ -51,12 +51,29 @@ def plugin(tmp_path, monkeypatch):
     return tmp_path / "plugin"
 
 
-def test_a_detector_defined_outside_the_package_runs_beside_amdet_and_a_baseline(tmp_path, plugin, capsys):
+def test_detectors_added_to_a_finished_sweep_one_defined_outside_the_package_retrain_nothing(tmp_path, plugin, capsys):
+    """One smoke sweep with AMDET alone, then the same sweep with a baseline and a plugin detector beside it:
+    only their records are written, no model is retrained, no AMDET record rewritten."""
     out = tmp_path / "out"
-    code = sweeps_main(["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet,weight_distance,mine]",
-                        f"hydra.searchpath=[file://{plugin}]"])
-    assert code == 0, capsys.readouterr()
+    assert sweeps_main(["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet]"]) == 0, capsys.readouterr()
     sweep = out / "sweeps" / "smoke"
+    models = {p: p.stat().st_mtime_ns for p in sweep.rglob("model.safetensors")}
+    amdet = {p: p.stat().st_mtime_ns for p in sweep.glob("*/detectors/amdet/result.json")}
+    assert len(models) >= 8 and len(amdet) == 12  # 4 scored + 8 calibration cells
+    assert not list(sweep.glob("*/detectors/weight_distance"))
+
+    capsys.readouterr()
+    more = ["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet,weight_distance,mine]",
+            f"hydra.searchpath=[file://{plugin}]"]
+    assert sweeps_main(more) == 0
+    printed = capsys.readouterr().out
+    # calibration cells run the profiled detectors only (AMDET): nothing new for them to do
+    assert "scored: 4 cells, 4 computed" in printed and "calibration: 8 cells, 0 computed, 8 already done" in printed
+    assert "ASR" not in printed and "benign step" not in printed, "no attack or fine-tuning ran"
+    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("model.safetensors")} == models, "no model retrained"
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/detectors/amdet/result.json")} == amdet
+    assert not list(sweep.glob("*cell.observe=True*/detectors/weight_distance")), "a baseline never runs in a calibration cell"
+
     df = pd.read_parquet(sweep / "results.parquet")
     scored = df[~df["observe"].astype(bool)]
     assert sorted(scored["detector"].unique()) == ["amdet", "mine", "weight_distance"]
@@ -71,28 +88,7 @@ def test_a_detector_defined_outside_the_package_runs_beside_amdet_and_a_baseline
     table1 = (sweep / "report" / "report.md").read_text()
     assert "| mine |" in table1 and "| weight_distance |" in table1 and "| amdet |" in table1
 
-
-def test_adding_a_detector_to_a_finished_sweep_retrains_nothing_and_writes_only_its_records(tmp_path, capsys):
-    out = tmp_path / "out"
-    first = ["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet]"]
-    assert sweeps_main(first) == 0, capsys.readouterr()
-    sweep = out / "sweeps" / "smoke"
-    models = {p: p.stat().st_mtime_ns for p in sweep.rglob("model.safetensors")}
-    amdet = {p: p.stat().st_mtime_ns for p in sweep.glob("*/detectors/amdet/result.json")}
-    assert len(models) >= 8 and len(amdet) == 12  # 4 scored + 8 calibration cells
-    assert not list(sweep.glob("*/detectors/output_drift"))
-
-    capsys.readouterr()
-    assert sweeps_main(["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet,output_drift]"]) == 0
-    printed = capsys.readouterr().out
-    # calibration cells run the profiled detectors only (AMDET): nothing new for them to do
-    assert "scored: 4 cells, 4 computed" in printed and "calibration: 8 cells, 0 computed, 8 already done" in printed
-    assert "ASR" not in printed and "benign step" not in printed, "no attack or fine-tuning ran"
-    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("model.safetensors")} == models, "no model retrained"
-    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/detectors/amdet/result.json")} == amdet
-    assert len(list(sweep.glob("*/detectors/output_drift/result.json"))) == 4
-    assert not list(sweep.glob("*cell.observe=True*/detectors/output_drift")), "a baseline never runs in a calibration cell"
-    assert sweeps_main(["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet,output_drift]"]) == 0
+    assert sweeps_main(more) == 0
     assert "scored: 4 cells, 0 computed, 4 already done" in capsys.readouterr().out
 
 

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
+from transformers import CLIPModel, CLIPTextModelWithProjection
 
 from core.encoders import TextEncoder, family_of
-from core.loading import ModelLoadError, checked_config
+from core.loading import ModelLoadError, checked_config, load_tokenizer
 from core.store import write_json_atomic
 from vision.images import pixels
 
@@ -49,7 +49,7 @@ class Towers:
         clip = CLIPModel.from_pretrained(directory, use_safetensors=True, dtype=torch.float32).eval().requires_grad_(False)
         text = CLIPTextModelWithProjection(clip.config.text_config)  # the checkpoint's text half, loaded once
         text.text_model, text.text_projection = clip.text_model, clip.text_projection
-        self.text = TextEncoder(text.eval(), AutoTokenizer.from_pretrained(directory), family_of(config)).to(device)
+        self.text = TextEncoder(text.eval(), load_tokenizer(directory), family_of(config)).to(device)
         self.vision = clip.vision_model.to(device)
         self.projection = clip.visual_projection.to(device)
         self.logit_scale = float(clip.logit_scale.detach().exp().clamp(max=100))
