@@ -96,8 +96,9 @@ def class_triggers(model: PromptedCLIP, x: torch.Tensor, eps: float, lr: float, 
 
 @functools.lru_cache(maxsize=2)
 def _measured(model: PromptedCLIP, key: tuple) -> tuple:
-    """class_triggers once per model and settings in a process: `inspector` and `inspector_referenced`
-    differ only in the statistic, so a cell running both reconstructs once (deterministic: seeded)."""
+    """class_triggers once per model and settings in a process: where `inspector` and `inspector_referenced`
+    run at the same settings they differ only in the statistic, so a cell running both reconstructs once
+    (deterministic: seeded); at different settings (the embedded study's) each reconstructs its own."""
     pool, pool_size, seed, *rest = key
     t = time.perf_counter()
     x = image_pool(pool, pool_size, seed).x
