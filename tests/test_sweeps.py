@@ -173,8 +173,9 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert record["status"] == "error" and "Traceback" in record["traceback"] and record["cell"]["kind"] == "backdoor"
 
 
+@pytest.mark.slow  # 77 s on a slow machine; the fast suite's task_workers test and CI's Slurm test go through submitit too
 def test_submitit_local_runs_the_same_cells_to_the_same_results(study, tmp_path):
-    """The launcher changes where cells run, never what they compute: packed 2 to a task."""
+    """The launcher changes where cells run, never what they compute: packed 2 to a task, one after the other."""
     sweep_dir, overrides, _ = study
     summary = run_experiment([*overrides[:-1], f"paths.output_dir={tmp_path}", "hydra/launcher=submitit_local",
                               "experiment.cells_per_task=2"], progress=False, report=False)
