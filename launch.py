@@ -16,6 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import sweeps.naming
+from core.precision import computing_in
+from core.threads import set_threads
 
 sweeps.naming.register()  # the `cell_dir` resolver that names cell directories in the configs
 
@@ -42,10 +44,6 @@ def main(cfg: DictConfig) -> dict | None:
         sys.exit(2)
     module, func = JOBS[name].split(":")
     try:
-        from core.threads import set_threads  # here: torch loads with the job, not with --help
-
-        from core.precision import computing_in
-
         set_threads(cfg)
         with computing_in(cfg):  # fp32, tf32 or bf16 autocast (the config's `precision`)
             return getattr(importlib.import_module(module), func)(cfg)
