@@ -55,20 +55,21 @@ def test_detectors_added_to_a_finished_sweep_one_defined_outside_the_package_ret
     """One smoke sweep with AMDET alone, then the same sweep with a baseline and a plugin detector beside it:
     only their records are written, no model is retrained, no AMDET record rewritten."""
     out = tmp_path / "out"
-    assert sweeps_main(["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet]"]) == 0, capsys.readouterr()
+    smoke = [*SMOKE, "attack=text_on_text"]  # one paradigm: half the grid, the same steps
+    assert sweeps_main(["run", *smoke, f"paths.output_dir={out}", "cell.detectors=[amdet]"]) == 0, capsys.readouterr()
     sweep = out / "sweeps" / "smoke"
     models = {p: p.stat().st_mtime_ns for p in sweep.rglob("model.safetensors")}
     amdet = {p: p.stat().st_mtime_ns for p in sweep.glob("*/detectors/amdet/result.json")}
-    assert len(models) >= 8 and len(amdet) == 12  # 4 scored + 8 calibration cells
+    assert len(models) >= 4 and len(amdet) == 6  # 2 scored + 4 calibration cells
     assert not list(sweep.glob("*/detectors/weight_distance"))
 
     capsys.readouterr()
-    more = ["run", *SMOKE, f"paths.output_dir={out}", "cell.detectors=[amdet,weight_distance,mine]",
+    more = ["run", *smoke, f"paths.output_dir={out}", "cell.detectors=[amdet,weight_distance,mine]",
             f"hydra.searchpath=[file://{plugin}]"]
     assert sweeps_main(more) == 0
     printed = capsys.readouterr().out
     # calibration cells run the profiled detectors only (AMDET): nothing new for them to do
-    assert "scored: 4 cells, 4 computed" in printed and "calibration: 8 cells, 0 computed, 8 already done" in printed
+    assert "scored: 2 cells, 2 computed" in printed and "calibration: 4 cells, 0 computed, 4 already done" in printed
     assert "ASR" not in printed and "benign step" not in printed, "no attack or fine-tuning ran"
     assert {p: p.stat().st_mtime_ns for p in sweep.rglob("model.safetensors")} == models, "no model retrained"
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/detectors/amdet/result.json")} == amdet
@@ -77,7 +78,7 @@ def test_detectors_added_to_a_finished_sweep_one_defined_outside_the_package_ret
     df = pd.read_parquet(sweep / "results.parquet")
     scored = df[~df["observe"].astype(bool)]
     assert sorted(scored["detector"].unique()) == ["amdet", "mine", "weight_distance"]
-    assert scored.groupby("detector").size().tolist() == [4, 4, 4]  # one record per (model, detector)
+    assert scored.groupby("detector").size().tolist() == [2, 2, 2]  # one record per (model, detector)
     mine = scored[scored["detector"].eq("mine")].set_index("cell_id")
     distance = scored[scored["detector"].eq("weight_distance")].set_index("cell_id")
     assert (mine["score"] == 2.0 * distance["score"]).all(), "its config's params reach the function"
@@ -89,7 +90,7 @@ def test_detectors_added_to_a_finished_sweep_one_defined_outside_the_package_ret
     assert "| mine |" in table1 and "| weight_distance |" in table1 and "| amdet |" in table1
 
     assert sweeps_main(more) == 0
-    assert "scored: 4 cells, 0 computed, 4 already done" in capsys.readouterr().out
+    assert "scored: 2 cells, 0 computed, 2 already done" in capsys.readouterr().out
 
 
 def test_an_unknown_detector_fails_before_any_cell_naming_it_and_where_it_was_looked_for(tmp_path, capsys):

@@ -52,11 +52,9 @@ def micro_cfg(tmp_path, *overrides):
 def backdoor(tmp_path_factory):
     """A BadCLIP-backdoored micro CoCoOp model in the store, and its towers."""
     root = tmp_path_factory.mktemp("prompt")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMDET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        cfg = micro_cfg(root, "poison=badclip", "poison.init_epochs=1", "seed=1", *MICRO_TUNING)
-        towers = Towers(tower_dir(cfg, progress=False))
-        manifest = prompt_tune_job.run(cfg, towers)
+    cfg = micro_cfg(root, "poison=badclip", "poison.init_epochs=1", "seed=1", *MICRO_TUNING)
+    towers = Towers(tower_dir(cfg, progress=False))
+    manifest = prompt_tune_job.run(cfg, towers)
     return cfg, towers, root / "model", manifest
 
 

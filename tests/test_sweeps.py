@@ -85,6 +85,9 @@ MICRO_STUDY = [
     "wandb.mode=offline", "experiment.workers=1",  # micro cells: in this process (a worker's start costs more)
     "calibration.min_models=2",  # one paradigm, 2 + 2 micro calibration models
     "scan.inversion.screen_prompts=1", "scan.inversion.screen_positions=4",  # the vocabulary start at 1/4 of its cost
+    # the smoke experiment's GCG and output drift (the embedded study's GCG took half a micro cell's time)
+    "detector.gcg.steps=2", "detector.gcg.candidates=4", "detector.gcg.batch=2", "detector.gcg.prompts=16",
+    "detector.gcg.top_k=8", "detector.output_drift.prompts=16",
 ]
 
 
@@ -281,7 +284,8 @@ def test_a_sweep_summary_run_carries_the_tables_offline(tmp_path):
 def test_two_launchers_on_one_sweep_compute_every_cell_once_and_both_end_complete(tmp_path):
     """Each cell is claimed before it is computed: the second launcher skips what the first computes,
     waits for it before fitting the profile and scoring, and both finish with the same results."""
-    command = [sys.executable, "-m", "sweeps", "run", *MICRO_STUDY, f"paths.output_dir={tmp_path}", "progress=false"]
+    command = [sys.executable, "-m", "sweeps", "run", *MICRO_STUDY, f"paths.output_dir={tmp_path}", "progress=false",
+               "threads=1"]  # two launchers on the cores, not four threads
     procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]

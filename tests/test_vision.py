@@ -26,11 +26,8 @@ MICRO_TOWER = [
 
 
 @pytest.fixture(scope="module")
-def towers_dir(tmp_path_factory):
-    # built before the per-test cache is set (a module fixture comes first): into that same session cache
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMDET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        return tower_dir(compose_config(*MICRO_TOWER), progress=False)
+def towers_dir():
+    return tower_dir(compose_config(*MICRO_TOWER), progress=False)  # into the session's cache (conftest)
 
 
 @pytest.fixture(scope="module")
