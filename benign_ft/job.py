@@ -76,14 +76,11 @@ def benign_prompts(cfg: DictConfig) -> tuple[list[str], list[str]]:
     return prompts[: b.eval_prompts], prompts[b.eval_prompts :]
 
 
-PAIRS = "pairs.safetensors"  # a checkpoints run's tiny-world pairs, embedded by its first job
-
-
 def pair_set(cfg: DictConfig, hp: BenignHParams, progress: bool, captions: list[str]) -> PairSet:
     """Tiny encoders: `captions` (benign_prompts' training ones) paired by the paired tower; real
     encoders: the COCO-style pairs of benign.pairs."""
     if cfg.encoder.get("tiny"):
-        keep = Path(cfg.job.out) / PAIRS if cfg.benign.mode == "checkpoints" else None  # the run's jobs share them
+        keep = Path(cfg.job.out) if cfg.benign.mode == "checkpoints" else None  # the run's jobs share its pairs
         return tiny_pairs(captions, hp.logit_scale, hp.logit_bias if cfg.encoder.family == "siglip" else None, keep)
     p = cfg.benign.pairs
     return coco_pair_set(p.annotation_file, p.image_dir, cfg.benign.image_tower, p.limit, progress, cfg.device)

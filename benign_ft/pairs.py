@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from core.image_cache import image_embeddings
+from core.image_cache import image_embeddings, read_safetensors
 from core.image_tower import coco_pairs
 from core.store import atomic_write
 from core.tiny.paired_tower import paired_tower
@@ -38,9 +37,9 @@ class PairSet:
 
 
 def tiny_pairs(captions: list[str], logit_scale: float, logit_bias: float | None, keep: Path | None = None) -> PairSet:
-    """`captions` paired with the paired tower's embedding of each. `keep`: a file the embeddings are
-    kept in and read back from while the captions are the same (a checkpoints run's later jobs reuse the
-    pairs its first job embedded: the same run, and 10-20 s of MiniLM a job at one CPU thread saved)."""
+    """`captions` paired with the paired tower's embedding of each. `keep`: a folder the embeddings are kept
+    in, by the captions' hash, and read back from (a checkpoints run's later jobs reuse the pairs its first
+    job embedded: the same run, and 10-20 s of MiniLM a job at one CPU thread saved)."""
     return PairSet(
         captions, kept_embeddings(captions, keep), torch.tensor(float(logit_scale)),
         None if logit_bias is None else torch.tensor(float(logit_bias)), "tiny world: paired tower (MiniLM) of each caption",
@@ -48,15 +47,16 @@ def tiny_pairs(captions: list[str], logit_scale: float, logit_bias: float | None
 
 
 def kept_embeddings(captions: list[str], keep: Path | None) -> torch.Tensor:
+    if keep is None:
+        return paired_tower().embed(captions)
     digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()
-    if keep is not None and keep.is_file():
-        with safe_open(str(keep), "pt") as f:  # our own file, and safetensors: no code runs on load
-            if (f.metadata() or {}).get("captions_sha256") == digest:
-                return f.get_tensor("images")
+    path = keep / f"pairs-{digest[:16]}.safetensors"
+    kept = read_safetensors(path, "benign pairs", warn=True)  # absent or unreadable: embedded again
+    if kept is not None and "images" in kept:
+        return kept["images"]
     images = paired_tower().embed(captions)
-    if keep is not None:
-        with atomic_write(keep) as tmp:
-            save_file({"images": images.contiguous()}, str(tmp), metadata={"captions_sha256": digest})
+    with atomic_write(path) as tmp:
+        save_file({"images": images.contiguous()}, str(tmp))
     return images
 
 

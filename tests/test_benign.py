@@ -56,16 +56,17 @@ def test_checkpoints_resume_without_touching_finished_ones(tmp_path):
 def test_a_runs_later_jobs_reuse_the_pairs_its_first_job_embedded_while_the_captions_are_the_same(tmp_path, monkeypatch):
     cfg = benign_cfg(tmp_path, "benign.models=2", "benign.checkpoint_every=2")
     job.run(cfg, steps={2})
-    kept = tmp_path / "run" / job.PAIRS
+    run = tmp_path / "run"
+    (kept,) = run.glob("pairs-*.safetensors")
     captions = job.benign_prompts(cfg)[1]
     embedded = pairs_module.paired_tower().embed(captions)
     assert torch.equal(load_file(kept)["images"], embedded)
 
     monkeypatch.setattr(pairs_module, "paired_tower", lambda: pytest.fail("the run's pairs were embedded again"))
     assert job.run(cfg, steps={4})["written"] == [str(tmp_path / "run" / "step00004")]
-    assert torch.equal(pairs_module.tiny_pairs(captions, 1.0, None, kept).images, embedded)
+    assert torch.equal(pairs_module.tiny_pairs(captions, 1.0, None, run).images, embedded)
     with pytest.raises(pytest.fail.Exception, match="embedded again"):  # other captions: not the kept pairs
-        pairs_module.tiny_pairs(captions[1:], 1.0, None, kept)
+        pairs_module.tiny_pairs(captions[1:], 1.0, None, run)
 
 
 def test_independent_mode_differs_by_seed(tmp_path):
