@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.tiny.architectures import random_encoder
+from sweeps.local import usable_cores
 from tests.helpers import FAMILIES, micro_arch
 
 
@@ -19,7 +20,7 @@ def pytest_xdist_auto_num_workers(config):
     worker; what else is asked for runs in this process, at every thread: chosen tests or files, and the
     slow, Slurm and real-shape tests (they build the real bases the main job reuses, or wait on a scheduler)."""
     whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS
-    return len(os.sched_getaffinity(0)) if whole_suite and config.option.markexpr == FAST else 0
+    return usable_cores() if whole_suite and config.option.markexpr == FAST else 0
 
 
 def pytest_configure(config):
@@ -27,7 +28,7 @@ def pytest_configure(config):
     threads on two cores slowed each other down many times (a test of 5 s alone took 60 s so)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+        torch.set_num_threads(max(1, usable_cores() // workers))
 
 
 USER_CACHE = os.environ.get("AMDET_CACHE")  # what slow tests build into and read (they need the real bases)
