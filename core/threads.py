@@ -11,9 +11,11 @@ import torch
 
 
 def set_threads(cfg) -> int:
-    threads = cfg.get("threads") or os.environ.get("SLURM_CPUS_PER_TASK")
-    if threads:
-        if int(threads) < 1:
+    threads = cfg.get("threads")
+    if threads is None:
+        threads = os.environ.get("SLURM_CPUS_PER_TASK")
+    if threads is not None:
+        if int(threads) < 1:  # 0 too: it is not "every core"
             raise ValueError(f"threads must be a positive number of CPU threads (or null), got {threads}")
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()

@@ -1,15 +1,18 @@
 """Cell directory names: Hydra's override_dirname (readable, stable, derived from the overrides),
-shortened with a hash of the whole when it would exceed a safe file-name length."""
+shortened with a hash of the whole when it would exceed a safe file-name length; and the configs' other
+resolvers. Light to import: launch.py registers them before Hydra composes, so that a bad override fails
+in a second, before torch and transformers load."""
 
 from __future__ import annotations
 
 import hashlib
 
+from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from attacks.triggers import level_for_length
-from core.real_shapes import real_shape_checkpoint, real_shape_images
 
+REAL_SHAPES = "core.real_shapes"
 MAX_NAME = 120  # file systems allow 255 bytes; leave room for suffixes and non-ASCII values
 
 
@@ -24,15 +27,17 @@ def cell_dirname(override_dirname: str) -> str:
 def register() -> None:
     """The configs' resolvers (idempotent): `${cell_dir:${hydra:job.override_dirname}}`,
     `${trigger_level:LENGTH,CHAR_MAX,WORD_MAX}`, and the real-shape stand-ins of core.real_shapes,
-    built on first use: `${real_shape:clip-l}` (a checkpoint's directory), `${real_shape_images:[cat,…]}`."""
+    built on first use: `${real_shape:clip-l}` (a checkpoint's directory), `${real_shape_images:[cat,…]}`.
+    Those two name their builder by dotted path (hydra.utils.get_method, as `_target_` does): core.real_shapes
+    loads torch and transformers, and only a config that uses a stand-in needs it."""
     if not OmegaConf.has_resolver("cell_dir"):
         OmegaConf.register_new_resolver("cell_dir", cell_dirname)
     if not OmegaConf.has_resolver("trigger_level"):
         OmegaConf.register_new_resolver("trigger_level", level_for_length)
     if not OmegaConf.has_resolver("real_shape"):
-        OmegaConf.register_new_resolver("real_shape", lambda name: str(real_shape_checkpoint(name)))
+        OmegaConf.register_new_resolver("real_shape", lambda name: str(get_method(f"{REAL_SHAPES}.real_shape_checkpoint")(name)))
     if not OmegaConf.has_resolver("real_shape_images"):
-        OmegaConf.register_new_resolver("real_shape_images", lambda concepts: str(real_shape_images(list(concepts))))
+        OmegaConf.register_new_resolver("real_shape_images", lambda concepts: str(get_method(f"{REAL_SHAPES}.real_shape_images")(list(concepts))))
 
 
 register()

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from core.loading import ModelLoadError, is_hub_id, load_encoder
 from core.tiny.bases import encoder_config, spec_by_name
 from core.tiny.paired_tower import minilm_dir
+import sweeps.naming  # noqa: F401  (registers the configs' resolvers)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,3 +111,23 @@ def test_cli_unknown_encoder_group_names_it():
     done = run_launch("encoder=tiny-foo")
     assert done.returncode != 0
     assert "encoder/tiny-foo" in done.stderr and "tiny-clip" in done.stderr
+
+
+def test_cli_composes_and_refuses_bad_input_before_loading_torch():
+    """launch.py names the jobs and core.runtime by path, and the real-shape resolvers their builder: a
+    typo in an override is answered in about a second, not after torch and transformers load (7 s)."""
+    done = subprocess.run([sys.executable, "-c", "import sys, launch; print(sorted({'torch', 'transformers'} & set(sys.modules)))"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_cli_zero_threads_fails_in_one_line():
+    done = run_launch("job=bases", "threads=0")
+    assert done.returncode == 2 and "threads must be a positive number of CPU threads (or null), got 0" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_real_shape_resolvers_reach_their_builder_by_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("AMDET_CACHE", str(tmp_path))
+    images = Path(OmegaConf.create({"images": "${real_shape_images:[cat]}"}).images)
+    assert images.parent == tmp_path / "real_shapes" and (images / "captions.json").is_file()
