@@ -2,19 +2,19 @@
 
 Each job is one function `run(cfg) -> dict` in the package that owns its concept; this file only
 composes the config and dispatches. It imports nothing that loads torch: the job, and core.runtime
-which sets threads and precision for it, are named by dotted path and imported once the config has
+which sets threads and precision for it, are named by module path and imported once the config has
 composed, so that a bad override or an unknown job fails in a second.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_method
 from omegaconf import DictConfig
 
 import sweeps.naming
@@ -22,17 +22,17 @@ import sweeps.naming
 sweeps.naming.register()  # the configs' resolvers (the `cell_dir` that names cell directories, ...)
 
 JOBS = {
-    "bases": "core.jobs.build_bases",
-    "attack": "attacks.job.run",
-    "prompt_tune": "prompt_tuning.job.run",
-    "repair": "prompt_tuning.repair.run",
-    "benign": "benign_ft.job.run",
-    "scan": "evaluation.job.run",  # AMDET's scan, then its evaluation against the ground truth
-    "calibrate": "amdet.calibrate.run",
-    "cell": "sweeps.cell.run",
-    "study": "sweeps.study.run",
+    "bases": "core.jobs:build_bases",
+    "attack": "attacks.job:run",
+    "prompt_tune": "prompt_tuning.job:run",
+    "repair": "prompt_tuning.repair:run",
+    "benign": "benign_ft.job:run",
+    "scan": "evaluation.job:run",  # AMDET's scan, then its evaluation against the ground truth
+    "calibrate": "amdet.calibrate:run",
+    "cell": "sweeps.cell:run",
+    "study": "sweeps.study:run",
 }
-RUN_JOB = "core.runtime.run_job"  # threads and precision, then the job
+RUNTIME = "core.runtime"  # run_job: threads and precision, then the job
 
 log = logging.getLogger("amdet")
 
@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> dict | None:
         log.error("unknown job '%s'; choose one of: %s (job=<name>)", name, ", ".join(JOBS))
         sys.exit(2)
     try:
-        return get_method(RUN_JOB)(cfg, JOBS[name])
+        return importlib.import_module(RUNTIME).run_job(cfg, JOBS[name])
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
         log.error("%s", exc)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
