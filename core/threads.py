@@ -10,12 +10,18 @@ import os
 import torch
 
 
+def positive_threads(threads) -> int | None:
+    """A configured thread count, or None where none is set; 0 or less fails in one line (0 is not "every core")."""
+    if threads is None:
+        return None
+    if int(threads) < 1:
+        raise ValueError(f"threads must be a positive number of CPU threads (or null), got {threads}")
+    return int(threads)
+
+
 def set_threads(cfg) -> int:
     threads = cfg.get("threads")
-    if threads is None:
-        threads = os.environ.get("SLURM_CPUS_PER_TASK")
+    threads = positive_threads(os.environ.get("SLURM_CPUS_PER_TASK") if threads is None else threads)
     if threads is not None:
-        if int(threads) < 1:  # 0 too: it is not "every core"
-            raise ValueError(f"threads must be a positive number of CPU threads (or null), got {threads}")
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     return torch.get_num_threads()

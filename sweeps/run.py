@@ -18,6 +18,7 @@ from amdet.job import DETECTOR as AMDET
 from analyze.report import report as make_report
 from core import detectors
 from core.provenance import compute_mismatch
+from core.threads import positive_threads
 from core.store import write_json_atomic
 from sweeps.cell import finished, finished_record, record_path
 from sweeps.claim import wait_for
@@ -46,7 +47,8 @@ def check_all(cells: list[Cell], configs: dict | None = None) -> dict:
         if key not in configs:
             configs[key] = compose_config(list(cell.overrides))
             validate(configs[key])
-            worker_count(configs[key])  # how the sweep runs: local workers, Slurm packing
+            worker_count(configs[key])  # how the sweep runs: local workers, threads, Slurm packing
+            positive_threads(configs[key].get("threads"))
             check_packing(configs[key])
         seed = [o.split("=", 1)[1] for o in cell.overrides if o.startswith("seed=")]
         cfg = configs[key].copy()

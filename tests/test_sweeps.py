@@ -70,6 +70,7 @@ def test_cell_dirs_are_hydras_override_dirname():
     ("experiment.array_tasks=0", "experiment.array_tasks"),
     ("experiment.cells_per_task=-1", "experiment.cells_per_task"),
     ("experiment.workers=0", "experiment.workers"),
+    ("threads=0", "threads"),
     ("hydra.sweeper.params.seed=0,1", "seed"),  # a grid axis is overridden by its own key
 ])
 def test_malformed_overrides_fail_before_any_cell_with_the_key_named(override, key, capsys, tmp_path):
