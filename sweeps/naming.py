@@ -6,6 +6,7 @@ in a second, before torch and transformers load."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 from hydra.utils import get_method
 from omegaconf import OmegaConf
@@ -14,14 +15,19 @@ from attacks.triggers import level_for_length
 
 REAL_SHAPES = "core.real_shapes"
 MAX_NAME = 120  # file systems allow 255 bytes; leave room for suffixes and non-ASCII values
+_ITEM = re.compile(r",(?=[+~]*[A-Za-z_][\w.@/-]*=)")  # a comma that starts the next key=value, not one inside a list
 
 
 def cell_dirname(override_dirname: str) -> str:
+    """The name itself, or when too long its shortest overrides first, cut, and a hash of the whole: the long
+    ones are mostly settings every cell of a sweep shares (a detector added on the command line), the short ones
+    the grid's axes (`seed=36`, `poison=none`) that tell its cells apart."""
     name = override_dirname or "default"
     if len(name.encode()) <= MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-    return f"{name.encode()[: MAX_NAME - 13].decode(errors='ignore')}-{digest}"
+    readable = ",".join(sorted(_ITEM.split(name), key=len))  # stable: equal lengths keep Hydra's order
+    return f"{readable.encode()[: MAX_NAME - 13].decode(errors='ignore')}-{digest}"
 
 
 def register() -> None:

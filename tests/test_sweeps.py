@@ -20,6 +20,7 @@ from sweeps.__main__ import main as sweeps_main
 from sweeps.cell import StaleResult, settings_key
 from sweeps.claim import CLAIM, Claimed, claim
 from sweeps.grid import compose_config, dirname, plan
+from sweeps.naming import MAX_NAME, cell_dirname
 from sweeps import submit as submit_module
 from sweeps.run import resume, run_experiment
 from sweeps.submit import CellGroup
@@ -60,6 +61,18 @@ def test_cell_dirs_are_hydras_override_dirname():
     task = job[:-1]  # Hydra computes override_dirname from the task overrides alone
     hydra = get_overrides_dirname(OverridesParser.create().parse_overrides(task), exclude, ",", "=")
     assert ours == hydra == "attack.triggers.length=2,encoder=tiny-clip,seed=3"
+
+
+def test_a_long_cell_name_keeps_the_grids_axes_readable_and_stays_unique():
+    shared = ("+detector@detector.extra=inspector_referenced,detector.extra.batch=64,detector.extra.pool_size=1000,"
+              "detector.extra.reference_models=16,{},repair.detectors=[a,x],{}")
+    names = {cell_dirname(shared.format(poison, seed)) for poison in ("poison=none", "poison=badclip")
+             for seed in ("seed=36", "seed=37")}
+    assert len(names) == 4 and all(len(n.encode()) <= MAX_NAME for n in names)
+    for name in names:  # the axes first (shortest), a list value kept whole, the hash of everything last
+        assert re.match(r"seed=3[67],poison=(none|badclip),repair\.detectors=\[a,x\],detector\.extra\.batch=64,", name), name
+        assert re.search(r"-[0-9a-f]{12}$", name)
+    assert cell_dirname("seed=3,encoder=tiny-clip") == "seed=3,encoder=tiny-clip"  # short names: Hydra's, unchanged
 
 
 @pytest.mark.parametrize("override, key", [
