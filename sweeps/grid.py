@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 
 from amdet.profiles import overridden_checks
 from core import detectors
-from sweeps.naming import cell_dirname  # also registers the resolver the configs use
+from sweeps.naming import cell_dirname, legacy_cell_dirname  # also registers the resolver the configs use
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -75,13 +75,19 @@ def split_sweep_args(overrides: list[str]) -> tuple[list[str], list[str]]:
     return plain, sweep
 
 
-def dirname(job_overrides: list[str], exclude: list[str]) -> str:
-    """The cell's directory name: Hydra's override_dirname (the job's task overrides — not hydra.*
-    or hydra/ ones, such as launcher settings — minus excluded keys, sorted, joined by ','),
-    shortened as the config's `cell_dir` resolver does."""
+def override_dirname(job_overrides: list[str], exclude: list[str]) -> str:
+    """Hydra's override_dirname: the job's task overrides (not hydra.* or hydra/ ones, such as launcher
+    settings) minus excluded keys, sorted, joined by ','."""
     parsed = OverridesParser.create().parse_overrides(list(job_overrides))
-    task = [o for o in parsed if not o.is_hydra_override() and o.key_or_group not in exclude]
-    return cell_dirname(",".join(sorted(o.input_line for o in task)))
+    return ",".join(sorted(o.input_line for o in parsed if not o.is_hydra_override() and o.key_or_group not in exclude))
+
+
+def cell_directory(sweep_dir: Path, job_overrides: list[str], exclude: list[str]) -> Path:
+    """`<sweep dir>/<override_dirname, shortened as the config's cell_dir resolver does>`, or the directory an
+    older version named the same cell, where only that exists."""
+    name = override_dirname(job_overrides, exclude)
+    directory, legacy = sweep_dir / cell_dirname(name), sweep_dir / legacy_cell_dirname(name)
+    return legacy if legacy.is_dir() and not directory.is_dir() else directory
 
 
 def expand(params: dict, overrides: list[str]) -> list[list[str]]:
@@ -107,7 +113,7 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[Cell], list[Cell]]:
     exclude = list(cfg.hydra.job.config.override_dirname.exclude_keys)
     params = dict(cfg.hydra.sweeper.params or {})
     names = tuple(detectors.names(cfg))
-    scored = [Cell(tuple(job), sweep_dir / dirname(job, exclude), False, names) for job in expand(params, overrides)]
+    scored = [Cell(tuple(job), cell_directory(sweep_dir, job, exclude), False, names) for job in expand(params, overrides)]
     observing = cfg.copy()
     with open_dict(observing):
         observing.cell.observe = True
@@ -117,5 +123,5 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[Cell], list[Cell]]:
     if seeds:
         extra = [f"seed={seeds}", "cell.observe=true", *(cfg.experiment.get("calibration_overrides") or [])]
         for job in expand(params, list(overrides) + extra):
-            calibration.append(Cell(tuple(job), sweep_dir / dirname(job, exclude), True, observed))
+            calibration.append(Cell(tuple(job), cell_directory(sweep_dir, job, exclude), True, observed))
     return cfg, scored, calibration

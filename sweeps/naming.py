@@ -25,8 +25,19 @@ def cell_dirname(override_dirname: str) -> str:
     name = override_dirname or "default"
     if len(name.encode()) <= MAX_NAME:
         return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
     readable = ",".join(sorted(_ITEM.split(name), key=len))  # stable: equal lengths keep Hydra's order
+    return _cut(readable, name)
+
+
+def legacy_cell_dirname(override_dirname: str) -> str:
+    """The name a long cell had before 2917af4 (Hydra's order, cut): `python -m sweeps` finds such a sweep's
+    finished cells under it rather than computing them again beside it."""
+    name = override_dirname or "default"
+    return name if len(name.encode()) <= MAX_NAME else _cut(name, name)
+
+
+def _cut(readable: str, name: str) -> str:
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
     return f"{readable.encode()[: MAX_NAME - 13].decode(errors='ignore')}-{digest}"
 
 

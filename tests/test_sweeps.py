@@ -19,8 +19,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from sweeps.__main__ import main as sweeps_main
 from sweeps.cell import StaleResult, settings_key
 from sweeps.claim import CLAIM, Claimed, claim
-from sweeps.grid import compose_config, dirname, plan
-from sweeps.naming import MAX_NAME, cell_dirname
+from sweeps.grid import cell_directory, compose_config, override_dirname, plan
+from sweeps.naming import MAX_NAME, cell_dirname, legacy_cell_dirname
 from sweeps import submit as submit_module
 from sweeps.run import resume, run_experiment
 from sweeps.submit import CellGroup
@@ -57,10 +57,10 @@ def test_cell_dirs_are_hydras_override_dirname():
     job = ["seed=3", "encoder=tiny-clip", "experiment=table1", "progress=false", "attack.triggers.length=2",
            "hydra.launcher.timeout_min=5"]  # a hydra override is not a task override: it never names a cell
     exclude = ["experiment", "progress"]
-    ours = dirname(job, exclude)
+    ours = override_dirname(job, exclude)
     task = job[:-1]  # Hydra computes override_dirname from the task overrides alone
     hydra = get_overrides_dirname(OverridesParser.create().parse_overrides(task), exclude, ",", "=")
-    assert ours == hydra == "attack.triggers.length=2,encoder=tiny-clip,seed=3"
+    assert ours == hydra == cell_dirname(ours) == "attack.triggers.length=2,encoder=tiny-clip,seed=3"
 
 
 def test_a_long_cell_name_keeps_the_grids_axes_readable_and_stays_unique():
@@ -73,6 +73,16 @@ def test_a_long_cell_name_keeps_the_grids_axes_readable_and_stays_unique():
         assert re.match(r"seed=3[67],poison=(none|badclip),repair\.detectors=\[a,x\],detector\.extra\.batch=64,", name), name
         assert re.search(r"-[0-9a-f]{12}$", name)
     assert cell_dirname("seed=3,encoder=tiny-clip") == "seed=3,encoder=tiny-clip"  # short names: Hydra's, unchanged
+
+
+def test_a_sweep_named_before_the_readable_names_keeps_its_finished_cells(tmp_path):
+    job = ["+detector@detector.extra=inspector_referenced", "detector.extra.reference_models=16",
+           "detector.extra.pool_size=1000", "detector.extra.batch=64", "poison=none", "seed=36"]
+    name = override_dirname(job, [])
+    assert cell_directory(tmp_path, job, []) == tmp_path / cell_dirname(name)
+    (tmp_path / legacy_cell_dirname(name)).mkdir()  # a cell finished under the old name is found there
+    assert legacy_cell_dirname(name) != cell_dirname(name)
+    assert cell_directory(tmp_path, job, []) == tmp_path / legacy_cell_dirname(name)
 
 
 @pytest.mark.parametrize("override, key", [
