@@ -31,7 +31,7 @@ def cell_dirname(override_dirname: str) -> str:
 
 def legacy_cell_dirname(override_dirname: str) -> str:
     """The name a long cell had before 2917af4 (Hydra's order, cut): `python -m sweeps` finds such a sweep's
-    finished cells under it rather than computing them again beside it."""
+    finished cells under it rather than computing them again beside it (`launch.py -m` names cells anew)."""
     name = override_dirname or "default"
     return name if len(name.encode()) <= MAX_NAME else _cut(name, name)
 
