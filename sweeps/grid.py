@@ -87,7 +87,7 @@ def cell_directory(sweep_dir: Path, job_overrides: list[str], exclude: list[str]
     older version named the same cell, where only that exists."""
     name = override_dirname(job_overrides, exclude)
     directory, legacy = sweep_dir / cell_dirname(name), sweep_dir / legacy_cell_dirname(name)
-    return legacy if legacy.is_dir() and not directory.is_dir() else directory
+    return legacy if legacy != directory and legacy.is_dir() and not directory.is_dir() else directory
 
 
 def expand(params: dict, overrides: list[str]) -> list[list[str]]:

@@ -22,23 +22,21 @@ def cell_dirname(override_dirname: str) -> str:
     """The name itself, or when too long its shortest overrides first, cut, and a hash of the whole: the long
     ones are mostly settings every cell of a sweep shares (a detector added on the command line), the short ones
     the grid's axes (`seed=36`, `poison=none`) that tell its cells apart."""
-    name = override_dirname or "default"
-    if len(name.encode()) <= MAX_NAME:
-        return name
-    readable = ",".join(sorted(_ITEM.split(name), key=len))  # stable: equal lengths keep Hydra's order
-    return _cut(readable, name)
+    return _shortened(override_dirname, lambda name: ",".join(sorted(_ITEM.split(name), key=len)))  # stable sort
 
 
 def legacy_cell_dirname(override_dirname: str) -> str:
     """The name a long cell had before 2917af4 (Hydra's order, cut): `python -m sweeps` finds such a sweep's
     finished cells under it rather than computing them again beside it (`launch.py -m` names cells anew)."""
+    return _shortened(override_dirname, lambda name: name)
+
+
+def _shortened(override_dirname: str, readable) -> str:
     name = override_dirname or "default"
-    return name if len(name.encode()) <= MAX_NAME else _cut(name, name)
-
-
-def _cut(readable: str, name: str) -> str:
+    if len(name.encode()) <= MAX_NAME:
+        return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-    return f"{readable.encode()[: MAX_NAME - 13].decode(errors='ignore')}-{digest}"
+    return f"{readable(name).encode()[: MAX_NAME - 13].decode(errors='ignore')}-{digest}"
 
 
 def register() -> None:
