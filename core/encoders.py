@@ -15,6 +15,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerBase, SiglipTextModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -110,6 +111,35 @@ class TextEncoder(nn.Module):
             )
             out = self.text.encoder(inputs_embeds=hidden_states, attention_mask=mask)
         return self.text.final_layer_norm(out.last_hidden_state)
+
+    def encode_branches(self, shared: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+        """Causal families: the last hidden states [R, C, S, D] of the R·C sequences [shared[r], branches[r, c]]
+        (shared [R, P, D], branches [R or 1, C, S, D], embedding-layer outputs), as `encode` gives them on each
+        whole sequence. A causal position never sees a later one, so the P shared positions are the same
+        in all C branches of a row: they run once a row here (keys and values kept for the branches), not
+        once a sequence. A CoCoOp prompt is such a row: its context depends on the image, not the class."""
+        if not self.family.causal:
+            raise ValueError(f"encode_branches needs a causal text encoder; {self.family.name} attends both ways")
+        (rows, p, _), (classes, length) = shared.shape, branches.shape[1:3]
+        allowed = torch.ones(length, p + length, dtype=torch.bool, device=branches.device).tril(p)  # [S, P + S]
+        heads = self.config.num_attention_heads
+        split = lambda t: t.unflatten(-1, (heads, -1)).transpose(-3, -2)  # [..., L, D] → [..., H, L, d]
+        merge = lambda t: t.transpose(-3, -2).flatten(-2)  # [..., H, L, d] → [..., L, D]
+        h, b = shared, branches
+        for layer in self.text.encoder.layers:
+            attn = layer.self_attn
+            x, y = layer.layer_norm1(h), layer.layer_norm1(b)
+            k, v = split(attn.k_proj(x)), split(attn.v_proj(x))  # [R, H, P, d]
+            h_out = F.scaled_dot_product_attention(split(attn.q_proj(x)), k, v, is_causal=True, scale=attn.scale)
+            own = lambda proj: split(proj(y)).expand(rows, -1, -1, -1, -1)  # [R, C, H, S, d]
+            keys = torch.cat([k[:, None].expand(-1, classes, -1, -1, -1), own(attn.k_proj)], dim=-2)
+            values = torch.cat([v[:, None].expand(-1, classes, -1, -1, -1), own(attn.v_proj)], dim=-2)
+            b_out = F.scaled_dot_product_attention(own(attn.q_proj), keys, values, attn_mask=allowed, scale=attn.scale)
+            h = h + attn.out_proj(merge(h_out))
+            b = b + attn.out_proj(merge(b_out))
+            h = h + layer.mlp(layer.layer_norm2(h))
+            b = b + layer.mlp(layer.layer_norm2(b))
+        return self.text.final_layer_norm(b)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """last_hidden_state [B, L, D] = encode(embed(input_ids))."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import CLIPConfig
 
@@ -43,6 +44,28 @@ def test_causal_vs_bidirectional(micro_encoder):
         assert moved == 0.0
     else:
         assert moved > 1e-4
+
+
+def test_branches_after_a_shared_prefix_equal_each_whole_sequence(micro_encoder):
+    """encode_branches (CoCoOp's prompts: a per-image prefix, then each class) gives the states `encode`
+    gives each whole sequence, values and gradients; a bidirectional family is refused in one line."""
+    torch.manual_seed(0)
+    width = micro_encoder.hidden_size
+    shared = torch.randn(3, 5, width, requires_grad=True)  # 3 rows of a 5-position prefix
+    branches = torch.randn(1, 4, 3, width)  # 4 branches of 3 positions, the same for every row
+    if not micro_encoder.family.causal:
+        with pytest.raises(ValueError, match="causal"):
+            micro_encoder.encode_branches(shared, branches)
+        return
+    whole = torch.cat([shared[:, None].expand(-1, 4, -1, -1), branches.expand(3, -1, -1, -1)], dim=2)
+    expected = micro_encoder.encode(whole.flatten(0, 1))[:, 5:].unflatten(0, (3, 4))
+    got = micro_encoder.encode_branches(shared, branches)
+    assert got.shape == (3, 4, 3, width)
+    assert (got - expected).abs().max().item() <= 1e-5
+    weights = torch.randn(got.shape)  # a loss whose gradient is not ~0 (a layer norm's output has a fixed norm)
+    (g_expected,) = torch.autograd.grad((expected * weights).sum(), shared)
+    (g_got,) = torch.autograd.grad((got * weights).sum(), shared)
+    assert (g_got - g_expected).abs().max().item() <= 1e-4 * g_expected.abs().max().item()
 
 
 def test_family_layout(micro_encoder, family):

@@ -83,6 +83,7 @@ class PromptLearner(nn.Module):
             tokens = text.text.embeddings.token_embedding(self.ids)
         self.register_buffer("prefix", tokens[:, :start].clone(), persistent=False)
         self.register_buffer("suffix", tokens[:, start + n_ctx:].clone(), persistent=False)
+        self.shared_prefix = bool((self.prefix == self.prefix[:1]).all())  # BOS: the same before every class
         self.ctx = nn.Parameter(tokens[0, start:start + n_ctx].clone())  # [n_ctx, D], initialised from `init`
         d = text.hidden_size
         self.meta = nn.Sequential(nn.Linear(towers.dim, max(1, towers.dim // 16)), nn.ReLU(),
@@ -97,16 +98,22 @@ class PromptLearner(nn.Module):
         ctx = self.ctx[None]  # [1, n_ctx, D]
         if self.meta is not None:
             ctx = ctx + self.meta(image_features)[:, None]  # [B, n_ctx, D]
-        c = len(self.classes)
-        rows = ctx.shape[0]
-        tokens = torch.cat([self.prefix[None].expand(rows, -1, -1, -1),
-                            ctx[:, None].expand(-1, c, -1, -1),
-                            self.suffix[None].expand(rows, -1, -1, -1)], dim=2)  # [rows, C, L, D]
-        length = tokens.shape[2]
-        embeddings = text.text.embeddings
-        h = tokens.reshape(rows * c, length, -1) + embeddings.position_embedding.weight[:length]
+        c, rows, length = len(self.classes), ctx.shape[0], self.ids.shape[1]
+        positions = text.text.embeddings.position_embedding.weight[:length]
         ids = self.ids.repeat(rows, 1)
-        out = F.normalize(text.project(text.pool(text.encode(h), ids)), dim=-1).reshape(rows, c, -1)
+        if text.family.causal and self.shared_prefix:
+            # [prefix, ctx] is the same for every class (CLIP's BOS, then the context): it runs once an image
+            shared = torch.cat([self.prefix[:1].expand(rows, -1, -1), ctx], dim=1)  # [rows, P, D]
+            p = shared.shape[1]
+            last = text.encode_branches(shared + positions[:p], self.suffix[None] + positions[p:])  # [rows, C, S, D]
+            pooled = text.pool(last.flatten(0, 1), ids, shift=-p)
+        else:
+            tokens = torch.cat([self.prefix[None].expand(rows, -1, -1, -1),
+                                ctx[:, None].expand(-1, c, -1, -1),
+                                self.suffix[None].expand(rows, -1, -1, -1)], dim=2)  # [rows, C, L, D]
+            h = tokens.reshape(rows * c, length, -1) + positions
+            pooled = text.pool(text.encode(h), ids)
+        out = F.normalize(text.project(pooled), dim=-1).reshape(rows, c, -1)
         return out if self.meta is not None else out[0]
 
 
