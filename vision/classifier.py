@@ -83,7 +83,6 @@ class PromptLearner(nn.Module):
             tokens = text.text.embeddings.token_embedding(self.ids)
         self.register_buffer("prefix", tokens[:, :start].clone(), persistent=False)
         self.register_buffer("suffix", tokens[:, start + n_ctx:].clone(), persistent=False)
-        self.shared_prefix = bool((self.prefix == self.prefix[:1]).all())  # BOS: the same before every class
         self.ctx = nn.Parameter(tokens[0, start:start + n_ctx].clone())  # [n_ctx, D], initialised from `init`
         d = text.hidden_size
         self.meta = nn.Sequential(nn.Linear(towers.dim, max(1, towers.dim // 16)), nn.ReLU(),
@@ -101,8 +100,8 @@ class PromptLearner(nn.Module):
         c, rows, length = len(self.classes), ctx.shape[0], self.ids.shape[1]
         positions = text.text.embeddings.position_embedding.weight[:length]
         ids = self.ids.repeat(rows, 1)
-        if text.family.causal and self.shared_prefix:
-            # [prefix, ctx] is the same for every class (CLIP's BOS, then the context): it runs once an image
+        if text.family.causal:
+            # [prefix, ctx] is the same for every class (the prefix is BOS in every prompt): it runs once an image
             shared = torch.cat([self.prefix[:1].expand(rows, -1, -1), ctx], dim=1)  # [rows, P, D]
             p = shared.shape[1]
             last = text.encode_branches(shared + positions[:p], self.suffix[None] + positions[p:])  # [rows, C, S, D]
