@@ -98,6 +98,17 @@ def package_versions() -> dict:
     return versions
 
 
+def cpu_model() -> str:
+    """The processor's name (Linux: /proc/cpuinfo's "model name"; platform.processor() says only "x86_64" there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> dict:
     import torch
 
@@ -106,6 +117,10 @@ def hardware() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        # the CPU kernels torch dispatches to (e.g. AVX512, AVX2): they round differently, so a tiny world built on
+        # one machine is not bit-identical to one built on another (docs/figures.md, "CLIP-Inspector's embedded study")
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),

@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from scipy import stats
 
 from core.cache import cache_root
-from core.provenance import config_hash, source_hash
+from core.provenance import config_hash, provenance, source_hash
 from core.store import write_json_atomic
 from vision.classifier import PromptedCLIP, PromptLearner
 from vision.images import few_shot, mnist
@@ -81,7 +81,8 @@ def reference_losses(model: PromptedCLIP, settings: TuneSettings, class_losses, 
                                                                           learner["init"]).to(model.towers.device))
                         tune(clean, few_shot(data, shots, seed), settings, torch.Generator().manual_seed(seed))
                         write_json_atomic(path, {"losses": list(class_losses(clean.freeze())), "seed": seed,
-                                                 "share": DEFENDER_SHARE, "shots": shots, "learner": learner})
+                                                 "share": DEFENDER_SHARE, "shots": shots, "learner": learner,
+                                                 "provenance": provenance()})
             except Timeout:
                 continue  # another cell is building this one: take the next, come back for it
             pending.remove(i)

@@ -177,6 +177,7 @@ def test_the_referenced_statistic_scores_classes_against_defender_tuned_clean_mo
     assert (ours["verdict"] == "backdoor") == bool(np.any(valid & (z > bound)))
     cached = list((tmp_path / "cache" / "inspector-references").glob("*/*.json"))
     assert len(cached) == 3 and all(len(json.loads(c.read_text())["losses"]) == 10 for c in cached)
+    assert all("hardware" in json.loads(c.read_text())["provenance"] for c in cached)  # which machine tuned each
     monkeypatch.setattr(reference, "tune", lambda *a, **k: pytest.fail("references are read from the cache"))
     again = inspect(model_dir, towers.directory, tmp_path, Context(cfg, load_classifier(model_dir, towers), towers),
                     statistic="reference", **params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from core.loading import load_encoder
 from core.store import read_manifest, save_model, write_json_atomic
@@ -19,6 +20,8 @@ def test_save_model_writes_manifest_with_provenance(micro_encoder, tmp_path):
     assert {k: manifest[k] for k in MANIFEST} == MANIFEST
     assert set(manifest["provenance"]) == {"code", "packages", "hardware"}
     assert manifest["provenance"]["packages"]["torch"].startswith("2.")
+    hardware = manifest["provenance"]["hardware"]  # the CPU and its kernels: a tiny world built elsewhere rounds differently
+    assert hardware["cpu_model"] and hardware["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     assert (path / "model.safetensors").exists() and load_encoder(path).family.name == "clip"
 
 

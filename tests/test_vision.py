@@ -75,6 +75,7 @@ def test_captioned_pretraining_images_match_their_captions():
 def test_the_tower_is_a_real_two_tower_checkpoint_both_loaders_read(towers_dir):
     report = json.loads((towers_dir / REPORT).read_text())
     assert set(report["zero_shot_accuracy"]) and report["captions"] == len(captions.vocabulary(report["classes"]))
+    assert set(report["provenance"]) == {"code", "packages", "hardware"}  # which machine built this world
     image = load_image_tower(towers_dir)
     text = load_encoder(towers_dir)
     assert image.dim == text.model.config.projection_dim

@@ -31,7 +31,7 @@ from core.cache import cache_root
 from core.encoders import TextEncoder
 from core.loading import load_encoder
 from core.precision import full_precision
-from core.provenance import config_hash, source_hash
+from core.provenance import config_hash, provenance, source_hash
 from core.store import write_json_atomic
 from vision import captions
 from vision.images import MEAN, STD, Images, mnist, natural, pixels
@@ -174,7 +174,7 @@ def save(model: CLIPModel, text: TextEncoder, target: Path, report: dict) -> Non
     text.tokenizer.save_pretrained(tmp)
     CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_mean=[MEAN] * 3,
                        image_std=[STD] * 3, do_rescale=True).save_pretrained(tmp)
-    write_json_atomic(tmp / REPORT, report)
+    write_json_atomic(tmp / REPORT, {**report, "provenance": provenance()})  # who built it: the world depends on the machine
     tmp.rename(target)
 
 
