@@ -38,7 +38,7 @@ COLUMNS = [
     "verdict_paper", "verdict_calibrated", "thresholds_source_paper", "thresholds_source_calibrated", "score_steps",
     "weight_distance", "output_drift",
     "trigger_position_relative", "trigger_position_token", "attack_asr_start", "attack_asr_middle", "attack_asr_end",
-    "git_commit", "git_dirty", "hostname", "gpu", "cpu", "config", "assimilation",
+    "git_commit", "git_dirty", "hostname", "gpu", "cpu", "cpu_model", "cpu_kernels", "config", "assimilation",
     "predicted_target", "repair", "per_class", "seen_as",
 ]
 INT_COLUMNS = ["trigger_length", "trigger_count", "seed", "benign_step", "steps", "score_steps"]
@@ -105,7 +105,8 @@ def flatten(record: dict) -> dict:
     prov = record.get("provenance") or {}
     code, hardware = prov.get("code") or {}, prov.get("hardware") or {}
     row.update(git_commit=code.get("git_commit"), git_dirty=code.get("git_dirty"),
-               hostname=hardware.get("hostname"), gpu=scalar(hardware.get("gpu")), cpu=scalar(hardware.get("cpu")))
+               hostname=hardware.get("hostname"), gpu=scalar(hardware.get("gpu")), cpu=scalar(hardware.get("cpu")),
+               cpu_model=hardware.get("cpu_model"), cpu_kernels=hardware.get("cpu_kernels"))  # None in older records
     row["config"] = as_json(record.get("config"))
     row["assimilation"] = as_json(record.get("assimilation"))
     row["repair"] = as_json(record.get("repair"))

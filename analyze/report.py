@@ -202,7 +202,8 @@ def markdown_report(root, raw, df, sections, figs, out, n_boot, seed) -> str:
         f"# AMDET benchmark report: {root}", "",
         f"- Records: {summary(raw)}; {len(raw) - len(df)} duplicate records of a cell ignored.",
         f"- Experiments: {values('experiment')}",
-        f"- Code: {values('git_commit')}{dirty}; hosts: {values('hostname')}; GPUs: {values('gpu')}",
+        f"- Code: {values('git_commit')}{dirty}; hosts: {values('hostname')}; CPUs: {values('cpu_model')} "
+        f"(torch kernels {values('cpu_kernels')}); GPUs: {values('gpu')}",
         f"- Thresholds: {values('thresholds_source')}; paper regime: {values('thresholds_source_paper')}; "
         f"calibrated regime: {values('thresholds_source_calibrated')}",
         f"- Score measured at (inversion steps): {values('score_steps')}", "",

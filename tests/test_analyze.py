@@ -44,7 +44,7 @@ def write_result(root: Path, kind: str, verdict: str, score: float, *, encoder="
         "attack": ({"asr": 0.9, "utility": 0.8, "assimilation_clean": 0.3, "assimilation_triggered": 0.8,
                     **(attack_extra or {})} if backdoor else None),
         "provenance": {"code": {"git_commit": "abc123", "git_dirty": False}, "packages": {},
-                       "hardware": {"hostname": "node1", "cpu": "x86"}},
+                       "hardware": {"hostname": "node1", "cpu": "x86", "cpu_model": "Xeon", "cpu_kernels": "AVX512"}},
         "config": {"scan": {"prompts": 4000}},
     }
     if status == "ok":
@@ -144,6 +144,7 @@ def test_collect_survives_a_corrupt_file_and_round_trips_through_parquet(sweep, 
     assert broken["status"] == "error" and broken["reason"].startswith("unreadable result.json: ")
     assert df["truth_triggers"].dropna().iloc[0] == "kz; qq"
     assert json.loads(df["config"].dropna().iloc[0]) == {"scan": {"prompts": 4000}}
+    assert set(df["cpu_model"].dropna()) == {"Xeon"} and set(df["cpu_kernels"].dropna()) == {"AVX512"}  # which machine
     out = sweep / "copy.parquet"
     assert main(["collect", str(sweep), "--out", str(out)]) == 0
     assert "19 ok, 2 error" in capsys.readouterr().out
@@ -161,6 +162,7 @@ def test_report_writes_tables_figures_and_report_md(sweep, reported, capsys):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
     text = (out / "report.md").read_text()
     assert "Table I" in text and "figures/roc.png" in text and "RuntimeError: out of memory" in text
+    assert "CPUs: `Xeon` (torch kernels `AVX512`)" in text
     assert reported["false_positives"]["benign_step"].tolist() == [50]
     assert len(reported["failures"]) == 2  # the failed job and the unreadable file
     assert main(["report", str(sweep), "--bootstrap", "50"]) == 0
